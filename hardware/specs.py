@@ -86,8 +86,8 @@ class Accelerator:
     efficiency: Efficiency = field(default_factory=Efficiency)
 
     def peak_flops_per_s(self, dtype: str) -> float:
-        """Dense peak for ``dtype``; fp16 falls back to bf16, fp32 to bf16/16 (CUDA-core rate
-        is not modelled), and a dtype the chip lacks is an error naming the device."""
+        """Dense peak for ``dtype``; fp16 falls back to bf16; a dtype the chip lacks (or whose
+        rate the catalog does not give, like fp32) is an error naming the device."""
         if dtype not in COMPUTE_DTYPES:
             raise KvsimError(f"unknown compute dtype {dtype!r}; expected one of {COMPUTE_DTYPES}")
         value = getattr(self, f"{dtype}_flops_per_s")

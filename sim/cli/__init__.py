@@ -9,12 +9,21 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from hardware.errors import KvsimError
 
 #: Subcommand modules under ``sim.cli``, in the order ``kvsim --help`` lists them.
-COMMANDS = ("run_cmd", "estimate_cmd", "kv_size_cmd", "hardware_cmd", "models_cmd", "trace_cmd")
+COMMANDS = (
+    "run_cmd",
+    "estimate_cmd",
+    "kv_size_cmd",
+    "hardware_cmd",
+    "models_cmd",
+    "trace_cmd",
+    "probe_cmd",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,6 +53,9 @@ def main(argv: list[str] | None = None) -> int:
     except KvsimError as err:
         print(f"kvsim: error: {err}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # e.g. `kvsim ... --json | head`: the reader left, stay quiet
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     except KeyboardInterrupt:
         print("kvsim: interrupted", file=sys.stderr)
         return 130
