@@ -31,6 +31,21 @@ class MoeSpec:
     shared_experts: int = 0
     dense_layers: int = 0
 
+    def __post_init__(self) -> None:
+        for name in ("num_experts", "active_experts", "expert_ffn_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value <= 0:
+                raise KvsimError(f"must be a positive integer, got {value!r}", field=name)
+        for name in ("shared_experts", "dense_layers"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 0:
+                raise KvsimError(f"must be a non-negative integer, got {value!r}", field=name)
+        if self.active_experts > self.num_experts:
+            raise KvsimError(
+                f"{self.active_experts} active experts exceed {self.num_experts} experts",
+                field="active_experts",
+            )
+
 
 @dataclass(frozen=True)
 class ModelSpec:
@@ -79,7 +94,34 @@ class ModelSpec:
         for name in positive:
             value = getattr(self, name)
             if not isinstance(value, int) or value <= 0:
-                raise KvsimError(f"must be a positive integer, got {value!r}", source=self.id, field=name)
+                raise KvsimError(
+                    f"must be a positive integer, got {value!r}", source=self.id, field=name
+                )
+        for name in (
+            "kv_lora_rank",
+            "q_lora_rank",
+            "qk_rope_head_dim",
+            "qk_nope_head_dim",
+            "v_head_dim",
+        ):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 0:
+                raise KvsimError(
+                    f"must be a non-negative integer, got {value!r}", source=self.id, field=name
+                )
+        window = self.sliding_window_tokens
+        if window is not None and (not isinstance(window, int) or window <= 0):
+            raise KvsimError(
+                f"must be a positive integer, got {window!r}",
+                source=self.id,
+                field="sliding_window_tokens",
+            )
+        if self.moe is not None and self.moe.dense_layers > self.num_layers:
+            raise KvsimError(
+                f"{self.moe.dense_layers} dense layers exceed {self.num_layers} layers",
+                source=self.id,
+                field="moe.dense_layers",
+            )
         if self.attention not in ATTENTION_KINDS:
             raise KvsimError(
                 f"unknown attention kind {self.attention!r}; expected one of {ATTENTION_KINDS}",
@@ -92,10 +134,17 @@ class ModelSpec:
                 source=self.id,
                 field="num_kv_heads",
             )
-        if self.attention == "mla" and (self.kv_lora_rank <= 0 or self.qk_rope_head_dim <= 0):
+        expected_kv = {"mha": self.num_heads, "mqa": 1}.get(self.attention)
+        if expected_kv is not None and self.num_kv_heads != expected_kv:
             raise KvsimError(
-                "MLA needs kv_lora_rank and qk_rope_head_dim > 0", source=self.id, field="kv_lora_rank"
+                f"{self.attention.upper()} needs {expected_kv} KV heads, got {self.num_kv_heads}",
+                source=self.id,
+                field="num_kv_heads",
             )
+        if self.attention == "mla":
+            for name in ("kv_lora_rank", "qk_rope_head_dim", "qk_nope_head_dim", "v_head_dim"):
+                if getattr(self, name) <= 0:
+                    raise KvsimError("MLA needs a value > 0", source=self.id, field=name)
         if self.sliding_window_pattern not in SLIDING_PATTERNS:
             raise KvsimError(
                 f"unknown pattern {self.sliding_window_pattern!r}; expected one of {SLIDING_PATTERNS}",
