@@ -1,0 +1,559 @@
+"""Iteration-level scheduler of one replica: vLLM V1 continuous batching over a paged KV pool.
+
+A pure state machine (no clock of its own, no simpy): the engine calls :meth:`add` when a
+request arrives, :meth:`schedule` when the replica is idle, runs the returned
+:class:`StepPlan` through an executor, and calls :meth:`commit` with the step's end time.
+
+The algorithm is vLLM V1's ``Scheduler.schedule`` (``vllm/v1/core/sched/scheduler.py``):
+there are no prefill and decode phases, each sequence has ``num_tokens`` (prompt + generated)
+and ``computed_tokens`` (tokens whose KV exists), and every step tries to close the gap under
+one token budget (``max_num_batched_tokens``) and ``max_num_seqs``:
+
+1. *Running first*, in admission order: each gets ``min(num_tokens - computed, budget)``
+   tokens (1 for a decode, the next chunk for a partial prefill). If its KV blocks cannot
+   grow, the newest running sequence is preempted (``running.pop()``), repeatedly, until the
+   allocation succeeds or the victim is the requester itself. Recompute preemption frees the
+   victim's blocks (they stay cached), resets ``computed_tokens`` to 0 and puts it at the
+   *front* of the waiting queue. Swap preemption (vLLM V0's ``PreemptionMode.SWAP``) copies
+   its KV to the host tier (``swap_out_tokens``) and parks it on a swapped queue.
+2. Only if nothing was preempted this step: swapped sequences are resumed first, oldest
+   victim first (their KV comes back: ``swap_in_tokens``, less what the prefix cache still
+   holds), and waiting sequences are admitted only once the swapped queue is empty.
+3. Waiting sequences in order while budget, ``max_num_seqs`` and blocks allow: prefix-cache
+   hits skip computed tokens (at most ``num_tokens - 1`` tokens hit, as in vLLM, so the last
+   token is recomputed to produce logits), the rest gets ``min(remaining, budget)`` tokens
+   with chunked prefill; without it a prompt is admitted only whole. The first waiting
+   sequence that does not fit stops admission (FCFS, head-of-line).
+
+A chunk that reaches ``num_tokens`` samples a token; a sequence finishes when it has
+generated ``output_tokens`` and its blocks are freed at once. Since decodes are the oldest
+running sequences and admission appends, decodes are served before new prefill chunks
+(vLLM V1's decode priority under one budget).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from hardware.errors import KvsimError
+from sim.kv.block_pool import BlockPool, blocks_for
+from sim.kv.radix_cache import RadixBlockPool
+
+if TYPE_CHECKING:
+    from sim.cost.batch import BatchShape
+
+PREEMPTION_MODES = ("recompute", "swap")
+PREFIX_CACHING_MODES = ("none", "hash", "radix")
+
+#: ``Sequence.reject_reason`` values.
+REJECT_CONTEXT = "exceeds_max_model_len"
+REJECT_KV_POOL = "exceeds_kv_pool"
+
+
+@dataclass(frozen=True, kw_only=True)
+class SchedulerConfig:
+    """Knobs of vLLM's scheduler and block manager (keyword-only).
+
+    ``max_num_seqs`` / ``max_batched_tokens``: vLLM's ``max_num_seqs`` and
+    ``max_num_batched_tokens`` (8192 is the API-server default); ``block_tokens``: KV block
+    size (16 on CUDA); ``max_model_len``: context limit (prompt + output).
+    """
+
+    max_model_len: int
+    max_num_seqs: int = 256
+    max_batched_tokens: int = 8192
+    chunked_prefill: bool = True
+    block_tokens: int = 16
+    preemption: str = "recompute"
+    prefix_caching: str = "none"
+
+    def __post_init__(self) -> None:
+        for name in ("max_model_len", "max_num_seqs", "max_batched_tokens", "block_tokens"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+                raise KvsimError(
+                    f"expected an integer >= 1, got {value!r}", field=f"scheduler.{name}"
+                )
+        if self.preemption not in PREEMPTION_MODES:
+            raise KvsimError(
+                f"expected one of {', '.join(PREEMPTION_MODES)}, got {self.preemption!r}",
+                field="scheduler.preemption",
+            )
+        if self.prefix_caching not in PREFIX_CACHING_MODES:
+            raise KvsimError(
+                f"expected one of {', '.join(PREFIX_CACHING_MODES)}, got {self.prefix_caching!r}",
+                field="scheduler.prefix_caching",
+            )
+        if self.max_batched_tokens < self.max_num_seqs:
+            raise KvsimError(
+                f"{self.max_batched_tokens} must be >= max_num_seqs ({self.max_num_seqs}), as vLLM "
+                "requires, so that every running sequence can decode in one step",
+                field="scheduler.max_batched_tokens",
+            )
+        if not self.chunked_prefill and self.max_batched_tokens < self.max_model_len:
+            raise KvsimError(
+                f"{self.max_batched_tokens} < max_model_len ({self.max_model_len}) with chunked "
+                "prefill disabled: long prompts could never be scheduled (vLLM rejects this too)",
+                field="scheduler.max_batched_tokens",
+            )
+
+
+def _no_hashes() -> np.ndarray:
+    return np.zeros(0, dtype=np.int64)
+
+
+@dataclass(eq=False)
+class Sequence:
+    """Runtime state of one request on one replica.
+
+    ``computed_tokens`` counts tokens whose KV exists (prompt progress, then generated tokens;
+    prefix hits included); ``status`` is one of ``waiting``, ``running``, ``swapped``,
+    ``finished``, ``rejected``. ``prefix_hit_tokens`` is the hit on first admission;
+    ``scheduled_s`` the first time it entered a batch (queue wait = scheduled_s - arrival_s).
+    ``priority`` is carried for records and routers; the FCFS scheduler does not use it.
+    """
+
+    index: int
+    arrival_s: float
+    prompt_tokens: int
+    output_tokens: int
+    priority: int = 0
+    block_hashes: np.ndarray = field(default_factory=_no_hashes)
+    computed_tokens: int = 0
+    generated_tokens: int = 0
+    prefix_hit_tokens: int = 0
+    preemptions: int = 0
+    swapped: bool = False
+    first_token_s: float = math.nan
+    finish_s: float = math.nan
+    scheduled_s: float = math.nan
+    status: str = "waiting"
+    reject_reason: str = ""
+
+    @property
+    def num_tokens(self) -> int:
+        """Prompt plus generated tokens: what the KV must eventually cover."""
+        return self.prompt_tokens + self.generated_tokens
+
+
+_EMPTY_I64 = np.zeros(0, dtype=np.int64)
+_EMPTY_BOOL = np.zeros(0, dtype=bool)
+
+
+@dataclass(frozen=True, eq=False)
+class StepPlan:
+    """One engine step: what runs and what moves.
+
+    ``prefill_tokens[i]`` new tokens of chunk ``i`` on top of ``prefill_context[i]`` already
+    cached (earlier chunks and prefix hits); ``prefill_emits[i]``: the chunk completes the
+    sequence's tokens and samples one; ``decode_context[j]``: KV tokens decode ``j`` attends,
+    its new token included. ``preempted`` lost their place this step; ``swap_out_tokens`` /
+    ``swap_in_tokens``: KV tokens copied to / from the host tier before the step.
+    """
+
+    prefill: tuple[Sequence, ...]
+    prefill_tokens: np.ndarray
+    prefill_context: np.ndarray
+    prefill_emits: np.ndarray
+    decode: tuple[Sequence, ...]
+    decode_context: np.ndarray
+    preempted: tuple[Sequence, ...]
+    swap_out_tokens: int
+    swap_in_tokens: int
+
+    @property
+    def num_batched_tokens(self) -> int:
+        """Tokens through the model this step (prefill chunks plus one per decode)."""
+        return int(self.prefill_tokens.sum()) + len(self.decode)
+
+    def batch_shape(self) -> BatchShape:
+        """The step as the cost model sees it."""
+        from sim.cost.batch import BatchShape
+
+        return BatchShape(
+            prefill_tokens=self.prefill_tokens,
+            prefill_context=self.prefill_context,
+            decode_context=self.decode_context,
+            prefill_emits=self.prefill_emits,
+        )
+
+
+class ReplicaScheduler:
+    """vLLM V1 scheduler of one replica over a KV pool of ``num_blocks`` blocks (module doc)."""
+
+    def __init__(self, config: SchedulerConfig, num_blocks: int):
+        self.config = config
+        self.num_blocks = int(num_blocks)
+        if config.prefix_caching == "radix":
+            self.pool: BlockPool | RadixBlockPool = RadixBlockPool(num_blocks, config.block_tokens)
+        else:
+            self.pool = BlockPool(
+                num_blocks,
+                config.block_tokens,
+                enable_prefix_caching=config.prefix_caching == "hash",
+            )
+        self.running: list[Sequence] = []
+        self.waiting: deque[Sequence] = deque()
+        self.swapped: deque[Sequence] = deque()
+        self._rejected: list[Sequence] = []
+        self._caching = config.prefix_caching != "none"
+
+    # ------------------------------------------------------------------ state
+    @property
+    def num_running(self) -> int:
+        return len(self.running)
+
+    @property
+    def num_waiting(self) -> int:
+        """Sequences waiting for admission: never admitted, recompute-preempted, swapped out."""
+        return len(self.waiting) + len(self.swapped)
+
+    @property
+    def num_swapped(self) -> int:
+        return len(self.swapped)
+
+    @property
+    def outstanding_requests(self) -> int:
+        return len(self.running) + len(self.waiting) + len(self.swapped)
+
+    @property
+    def used_blocks(self) -> int:
+        return self.pool.num_used_blocks
+
+    @property
+    def kv_load_fraction(self) -> float:
+        """Referenced blocks over the pool (free-but-cached blocks count as free)."""
+        return self.pool.num_used_blocks / self.num_blocks
+
+    @property
+    def rejected(self) -> list[Sequence]:
+        """Sequences refused at :meth:`add`, each with ``reject_reason`` set (the live list:
+        an engine may clear it once it has recorded them)."""
+        return self._rejected
+
+    # ------------------------------------------------------------------ arrivals
+    def add(self, seq: Sequence, now_s: float) -> bool:
+        """Queue ``seq`` (arrived at ``now_s``); ``False`` if it is rejected instead.
+
+        Rejected, with ``status = "rejected"`` and a ``reject_reason``: prompt + output longer
+        than ``max_model_len`` (:data:`REJECT_CONTEXT`), or a KV footprint (prompt + output - 1
+        tokens: the last sampled token is never stored) larger than the whole pool
+        (:data:`REJECT_KV_POOL`), which no preemption could ever make room for.
+        """
+        if seq.prompt_tokens < 1 or seq.output_tokens < 1:
+            raise KvsimError(
+                f"request {seq.index} has prompt {seq.prompt_tokens} and output "
+                f"{seq.output_tokens} tokens; both must be >= 1",
+                field="prompt_tokens",
+            )
+        if len(seq.block_hashes) > seq.prompt_tokens // self.config.block_tokens:
+            raise KvsimError(
+                f"request {seq.index} has {len(seq.block_hashes)} block hashes for a prompt of "
+                f"{seq.prompt_tokens // self.config.block_tokens} full blocks",
+                field="block_hashes",
+            )
+        total = seq.prompt_tokens + seq.output_tokens
+        reason = ""
+        if total > self.config.max_model_len:
+            reason = REJECT_CONTEXT
+        elif blocks_for(total - 1, self.config.block_tokens) > self.num_blocks:
+            reason = REJECT_KV_POOL
+        if reason:
+            seq.status, seq.reject_reason = "rejected", reason
+            self._rejected.append(seq)
+            return False
+        seq.status = "waiting"
+        self.waiting.append(seq)
+        return True
+
+    # ------------------------------------------------------------------ scheduling
+    def _admission(self, seq: Sequence, budget: int) -> tuple[int, int, np.ndarray] | None:
+        """(new tokens, tokens to hold, hashes to match) to admit a waiting or swapped ``seq``
+        under ``budget``; ``None`` when chunked prefill is off and the rest exceeds it."""
+        bt = self.config.block_tokens
+        total = seq.num_tokens
+        if seq.swapped:
+            base = seq.computed_tokens
+            hashes = seq.block_hashes[: base // bt]
+        else:
+            hashes = seq.block_hashes[: (total - 1) // bt]
+            base = self.pool.match_prefix(hashes) * bt if self._caching else 0
+        new_tokens = total - base
+        if not self.config.chunked_prefill and new_tokens > budget:
+            return None
+        new_tokens = min(new_tokens, budget)
+        return new_tokens, base + new_tokens, hashes
+
+    def _cache_blocks(self, seq: Sequence, tokens: int) -> None:
+        """Register the sequence's prompt blocks that are full once ``tokens`` are computed."""
+        if self._caching and len(seq.block_hashes):
+            self.pool.cache_full_blocks(
+                seq.index, seq.block_hashes, tokens // self.config.block_tokens
+            )
+
+    def _preempt(self, victim: Sequence) -> int:
+        """Preempt ``victim``; return the KV tokens swapped out (0 for recompute)."""
+        self.pool.free(victim.index)
+        victim.preemptions += 1
+        if self.config.preemption == "swap":
+            victim.swapped, victim.status = True, "swapped"
+            self.swapped.appendleft(victim)
+            return victim.computed_tokens
+        victim.computed_tokens, victim.status = 0, "waiting"
+        self.waiting.appendleft(victim)
+        return 0
+
+    def schedule(self, now_s: float) -> StepPlan | None:
+        """Plan the next step at ``now_s`` (vLLM V1 order, module docstring); ``None`` when
+        nothing can run."""
+        cfg, pool = self.config, self.pool
+        budget = cfg.max_batched_tokens
+        picked: list[tuple[Sequence, int, int]] = []
+        preempted: list[Sequence] = []
+        swap_out = swap_in = 0
+
+        index = 0
+        while index < len(self.running) and budget > 0:
+            seq = self.running[index]
+            computed = seq.computed_tokens
+            new_tokens = min(seq.prompt_tokens + seq.generated_tokens - computed, budget)
+            while not pool.grow(seq.index, computed + new_tokens):
+                victim = self.running.pop()
+                swap_out += self._preempt(victim)
+                preempted.append(victim)
+                if victim is seq:
+                    break
+            if preempted and preempted[-1] is seq:
+                break
+            if computed < len(seq.block_hashes) * cfg.block_tokens:
+                self._cache_blocks(seq, computed + new_tokens)
+            picked.append((seq, new_tokens, computed))
+            budget -= new_tokens
+            index += 1
+
+        if not preempted:
+            while self.swapped and budget > 0 and len(self.running) < cfg.max_num_seqs:
+                seq = self.swapped[0]
+                plan = self._admission(seq, budget)
+                if plan is None:
+                    break
+                new_tokens, total, hashes = plan
+                hit = pool.allocate(seq.index, total, hashes)
+                if hit is None:
+                    break
+                self.swapped.popleft()
+                computed = seq.computed_tokens
+                swap_in += computed - hit
+                seq.swapped, seq.status = False, "running"
+                self.running.append(seq)
+                self._cache_blocks(seq, total)
+                picked.append((seq, new_tokens, computed))
+                budget -= new_tokens
+
+            while (
+                not self.swapped
+                and self.waiting
+                and budget > 0
+                and len(self.running) < cfg.max_num_seqs
+            ):
+                seq = self.waiting[0]
+                plan = self._admission(seq, budget)
+                if plan is None:
+                    break
+                new_tokens, total, hashes = plan
+                hit = pool.allocate(seq.index, total, hashes if self._caching else None)
+                if hit is None:
+                    break
+                self.waiting.popleft()
+                seq.computed_tokens, seq.status = hit, "running"
+                if math.isnan(seq.scheduled_s):
+                    seq.scheduled_s, seq.prefix_hit_tokens = now_s, hit
+                self.running.append(seq)
+                self._cache_blocks(seq, total)
+                picked.append((seq, new_tokens, hit))
+                budget -= new_tokens
+
+        if not picked and not preempted:
+            return None
+        return self._plan(picked, preempted, swap_out, swap_in)
+
+    @staticmethod
+    def _plan(
+        picked: list[tuple[Sequence, int, int]],
+        preempted: list[Sequence],
+        swap_out: int,
+        swap_in: int,
+    ) -> StepPlan:
+        prefill, chunk, context, emits, decode, decode_context = [], [], [], [], [], []
+        for seq, new_tokens, computed in picked:
+            remaining = seq.prompt_tokens + seq.generated_tokens - computed
+            if new_tokens == 1 and remaining == 1 and seq.generated_tokens > 0:
+                decode.append(seq)
+                decode_context.append(computed + 1)
+            else:
+                prefill.append(seq)
+                chunk.append(new_tokens)
+                context.append(computed)
+                emits.append(new_tokens == remaining)
+        return StepPlan(
+            prefill=tuple(prefill),
+            prefill_tokens=np.array(chunk, dtype=np.int64) if chunk else _EMPTY_I64,
+            prefill_context=np.array(context, dtype=np.int64) if context else _EMPTY_I64,
+            prefill_emits=np.array(emits, dtype=bool) if emits else _EMPTY_BOOL,
+            decode=tuple(decode),
+            decode_context=(
+                np.array(decode_context, dtype=np.int64) if decode_context else _EMPTY_I64
+            ),
+            preempted=tuple(preempted),
+            swap_out_tokens=int(swap_out),
+            swap_in_tokens=int(swap_in),
+        )
+
+    # ------------------------------------------------------------------ completion
+    def _finish(self, finished: list[Sequence], end_s: float) -> None:
+        for seq in finished:
+            self.pool.free(seq.index)
+            seq.status, seq.finish_s = "finished", end_s
+        done = set(map(id, finished))
+        self.running = [seq for seq in self.running if id(seq) not in done]
+
+    def commit(self, plan: StepPlan, end_s: float) -> list[Sequence]:
+        """Apply ``plan``'s progress at ``end_s`` (the step's end); return finished sequences.
+
+        A chunk that reaches ``num_tokens`` samples a token (the first one sets
+        ``first_token_s``); a sequence with all its ``output_tokens`` finishes and frees its
+        blocks.
+        """
+        finished: list[Sequence] = []
+        work = zip(plan.prefill, plan.prefill_tokens.tolist(), strict=True)
+        for seq, new_tokens in (*work, *((seq, 1) for seq in plan.decode)):
+            seq.computed_tokens += new_tokens
+            if seq.computed_tokens < seq.prompt_tokens + seq.generated_tokens:
+                continue
+            seq.generated_tokens += 1
+            if math.isnan(seq.first_token_s):
+                seq.first_token_s = end_s
+            if seq.generated_tokens == seq.output_tokens:
+                finished.append(seq)
+        if finished:
+            self._finish(finished, end_s)
+        return finished
+
+    # ------------------------------------------------------------------ fast-forward
+    def decode_contexts(self) -> np.ndarray:
+        """KV tokens each running sequence attends in the next step, its new token included."""
+        return np.fromiter(
+            (seq.computed_tokens + 1 for seq in self.running),
+            dtype=np.int64,
+            count=len(self.running),
+        )
+
+    def _growth(self, phase: np.ndarray, steps: int) -> int:
+        """New blocks the running batch needs over ``steps`` pure-decode steps.
+
+        A sequence with ``c`` computed tokens holds ``ceil(c / B)`` blocks and after ``s`` more
+        tokens needs ``ceil((c + s) / B)``; the difference is ``floor((s + a) / B)`` with
+        ``a = (c - 1) mod B`` (its ``phase``)."""
+        return int(((steps + phase) // self.config.block_tokens).sum())
+
+    def stable_decode_steps(self, limit: int) -> int:
+        """How many next steps are certainly the same pure-decode batch of every running
+        sequence if nothing arrives: 0 if a prefill chunk, a swapped or a waiting sequence could
+        be scheduled now; else ``min(limit, steps until the first sequence finishes, steps
+        before block growth would preempt)``, shortened (prefix caching only) to the steps
+        before the first block growth when a waiting sequence is held back only by blocks
+        (growth may evict blocks it would hit)."""
+        running = self.running
+        if limit < 1 or not running:
+            return 0
+        count = len(running)
+        state = np.array(
+            [
+                (s.computed_tokens, s.prompt_tokens, s.generated_tokens, s.output_tokens)
+                for s in running
+            ],
+            dtype=np.int64,
+        )
+        computed, generated = state[:, 0], state[:, 2]
+        if np.any(state[:, 1] + generated - computed != 1) or generated.min() < 1:
+            return 0
+        horizon = int(min(limit, (state[:, 3] - generated).min()))
+        free = self.pool.num_free_blocks
+        phase = (computed - 1) % self.config.block_tokens
+        low, high = 0, horizon  # the largest s <= horizon whose growth fits in the free blocks
+        while low < high:
+            middle = (low + high + 1) // 2
+            if self._growth(phase, middle) <= free:
+                low = middle
+            else:
+                high = middle - 1
+        if low == 0:
+            return 0
+        horizon = low
+        head = self.swapped[0] if self.swapped else (self.waiting[0] if self.waiting else None)
+        if head is None or count >= self.config.max_num_seqs:
+            return horizon
+        budget = self.config.max_batched_tokens - count
+        plan = self._admission(head, budget) if budget > 0 else None
+        if plan is None:
+            return horizon
+        total, hashes = plan[1], plan[2]
+        first_growth = self._growth(phase, 1)
+        if not self._caching:
+            needed = blocks_for(total, self.config.block_tokens)
+            return horizon if needed > free - first_growth else 0
+        if first_growth > 0 or self.pool.can_allocate(total, hashes):
+            return 0
+        steps_without_growth = int((self.config.block_tokens - phase).min()) - 1
+        return min(horizon, steps_without_growth)
+
+    def commit_decode_steps(self, steps: int, end_times_s: np.ndarray) -> list[Sequence]:
+        """Apply ``steps`` pure-decode steps of the whole running batch at once (step ``k``
+        ends at ``end_times_s[k]``); identical to ``steps`` rounds of :meth:`schedule` +
+        :meth:`commit`. ``steps`` must not exceed :meth:`stable_decode_steps`."""
+        end_times = np.asarray(end_times_s, dtype=np.float64).reshape(-1)
+        if steps < 1 or end_times.size != steps:
+            raise KvsimError(f"{steps} steps with {end_times.size} end times", field="end_times_s")
+        if self.stable_decode_steps(steps) < steps:
+            raise KvsimError(
+                f"the next {steps} steps are not all the same pure-decode batch", field="steps"
+            )
+        running = self.running
+        computed = np.fromiter(
+            (s.computed_tokens for s in running), dtype=np.int64, count=len(running)
+        )
+        self._grow_decodes(computed, steps)
+        finished = []
+        for seq in running:
+            seq.computed_tokens += steps
+            seq.generated_tokens += steps
+            if seq.generated_tokens == seq.output_tokens:
+                finished.append(seq)
+        if finished:
+            self._finish(finished, float(end_times[-1]))
+        return finished
+
+    def _grow_decodes(self, computed: np.ndarray, steps: int) -> None:
+        """Allocate the blocks of ``steps`` decode steps in the order step-by-step scheduling
+        would (step, then running order), so block ids and evictions match exactly."""
+        pool, running, bt = self.pool, self.running, self.config.block_tokens
+        if not self._caching:
+            for seq, tokens in zip(running, (computed + steps).tolist(), strict=True):
+                pool.grow(seq.index, tokens)
+            return
+        first = bt - (computed - 1) % bt
+        events = np.maximum((steps - first) // bt + 1, 0)
+        if not events.sum():
+            return
+        who = np.repeat(np.arange(len(running)), events)
+        offsets = np.arange(who.size) - np.repeat(np.cumsum(events) - events, events)
+        when = first[who] + offsets * bt
+        for position in np.lexsort((who, when)).tolist():
+            seq = running[int(who[position])]
+            if not pool.grow(seq.index, int(computed[who[position]] + when[position])):
+                raise AssertionError("decode growth failed inside a stable run")
