@@ -22,6 +22,7 @@ COMMANDS = (
     "hardware_cmd",
     "models_cmd",
     "trace_cmd",
+    "policies_cmd",
     "probe_cmd",
 )
 
