@@ -23,6 +23,9 @@ COMMANDS = (
     "models_cmd",
     "trace_cmd",
     "policies_cmd",
+    "plan_cmd",
+    "sweep_cmd",
+    "dashboard_cmd",
     "probe_cmd",
 )
 

@@ -1,0 +1,236 @@
+"""Run a scenario end to end: the one entry point of the CLI, planner, sweeps and dashboard.
+
+:func:`run_scenario` resolves the scenario's catalog ids, plans each replica's memory (an
+error if the model does not fit), builds the cost model, the workload and one scheduler per
+replica, runs the engine, and returns the records as DataFrames with the summary metrics.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from hardware.catalog import get_accelerator, get_link
+from hardware.errors import KvsimError
+from hardware.specs import Accelerator
+from sim.cost import CostModel, MemoryPlan, plan_memory
+from sim.engine import NS, Engine, EngineConfig
+from sim.executor import CostModelExecutor, Executor
+from sim.metrics import MetricsContext, summarize
+from sim.router import router_spec
+from sim.scenario import Scenario
+from sim.scheduler import ReplicaScheduler, SchedulerConfig
+from sim.transfer import SharedLink
+from workloads.model import ModelSpec
+from workloads.model_catalog import get_model
+from workloads.workload import Workload
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """Per-request and per-step records (:mod:`sim.records`), the summary metrics
+    (:func:`sim.metrics.summarize`) and the scenario that produced them."""
+
+    requests: pd.DataFrame
+    steps: pd.DataFrame
+    summary: dict
+    scenario: Scenario
+    memory: MemoryPlan
+    context: MetricsContext
+
+    def write_parquet(self, out_dir: str | Path) -> list[Path]:
+        """Write ``requests.parquet`` and ``steps.parquet`` atomically into ``out_dir``."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        written = []
+        for name, frame in (("requests", self.requests), ("steps", self.steps)):
+            path = out / f"{name}.parquet"
+            tmp = path.with_name(f".{path.name}.tmp")
+            pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), tmp)
+            tmp.replace(path)
+            written.append(path)
+        return written
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """The scenario's catalog entries and derived sizes."""
+
+    model: ModelSpec
+    accelerator: Accelerator
+    memory: MemoryPlan
+    max_model_len: int
+
+
+def resolve(scenario: Scenario) -> Resolved:
+    """Look up the model and accelerator and plan one replica's memory. A model that does
+    not fit the replica is a :class:`KvsimError` naming the scenario and the shortfall."""
+    hw, sched = scenario.hardware, scenario.scheduler
+    model = get_model(scenario.model.ref)
+    accelerator = get_accelerator(hw.accelerator)
+    if hw.price_usd_per_hour is not None:
+        accelerator = accelerator.with_price(hw.price_usd_per_hour)
+    try:
+        memory = plan_memory(
+            model,
+            accelerator,
+            tp=hw.tp,
+            pp=hw.pp,
+            weight_dtype=scenario.model.weight_dtype,
+            kv_dtype=scenario.kv_dtype,
+            gpu_memory_fraction=hw.gpu_memory_fraction,
+            max_batched_tokens=sched.max_batched_tokens,
+            block_tokens=sched.block_tokens,
+            max_num_seqs=sched.max_num_seqs,
+        )
+    except KvsimError as err:
+        field = f"hardware.{err.field}" if err.field in ("tp", "pp") else "hardware"
+        raise KvsimError(err.message, source=scenario.source, field=field) from None
+    max_model_len = sched.max_model_len or model.max_context_tokens
+    return Resolved(model, accelerator, memory, max_model_len)
+
+
+def load_workload(scenario: Scenario, max_context_tokens: int | None = None) -> Workload:
+    """The scenario's requests: the inline workload, the trace file, or the synthetic spec
+    drawn with the scenario's seed; arrivals at or after ``duration_s`` are dropped."""
+    spec = scenario.workload
+    try:
+        if spec.inline is not None:
+            workload = spec.inline
+        elif spec.trace is not None:
+            from workloads.traces import read_trace
+
+            workload = read_trace(spec.trace, spec.format, time_scale=spec.time_scale)
+        else:
+            from workloads.synthetic import generate_workload
+
+            workload = generate_workload(
+                spec.synthetic_spec,
+                scenario.seed,
+                max_context_tokens=max_context_tokens,
+                base_dir=Path(scenario.base_dir) if scenario.base_dir else None,
+            )
+    except KvsimError as err:
+        if err.source is None:
+            field = err.field if err.field and "." in err.field else f"workload.{err.field or ''}"
+            raise KvsimError(err.message, source=scenario.source, field=field) from None
+        raise
+    if scenario.duration_s is not None:
+        keep = int(np.searchsorted(workload.arrival_s, scenario.duration_s, side="left"))
+        if keep < len(workload):
+            workload = workload.take(np.arange(keep))
+    return workload
+
+
+def build_executor(scenario: Scenario, resolved: Resolved) -> Executor:
+    """The default executor: the analytical cost model of one replica. Under
+    disaggregation, KV arriving at a decode replica was already priced on the link, so no
+    swap traffic is charged (swap preemption is not allowed there)."""
+    hw = scenario.hardware
+    try:
+        cost_model = CostModel(
+            resolved.model,
+            resolved.accelerator,
+            tp=hw.tp,
+            pp=hw.pp,
+            weight_dtype=scenario.model.weight_dtype,
+            kv_dtype=scenario.kv_dtype,
+            compute_dtype=scenario.model.compute_dtype,
+        )
+    except KvsimError as err:
+        field = f"hardware.{err.field}" if err.field in ("tp", "pp") else err.field
+        raise KvsimError(
+            f"{resolved.model.id}: {err.message}", source=scenario.source, field=field
+        ) from None
+    per_token = 0.0 if scenario.disaggregation else resolved.memory.kv_bytes_per_token
+    return CostModelExecutor(cost_model, kv_bytes_per_token=per_token)
+
+
+def run_scenario(
+    scenario: Scenario,
+    *,
+    executor: Executor | None = None,
+    progress: Callable[[int], None] | None = None,
+    step_mode: bool = False,
+    workload: Workload | None = None,
+) -> RunResult:
+    """Simulate ``scenario``. ``executor`` replaces the cost model (e.g.
+    :class:`~sim.executor.FixedStepExecutor`, or the real ``TorchExecutor``); ``progress(n)``
+    is called as ``n`` more requests complete or are rejected; ``step_mode`` runs every
+    decode step as its own event (same results, slower); ``workload`` replaces the
+    scenario's own requests."""
+    resolved = resolve(scenario)
+    sched = scenario.scheduler
+    if workload is None:
+        workload = load_workload(scenario, resolved.max_model_len)
+    if executor is None:
+        executor = build_executor(scenario, resolved)
+    split = scenario.disaggregation
+    if split is not None and sched.preemption == "swap":
+        raise KvsimError(
+            "swap preemption is not supported with disaggregation; use recompute",
+            source=scenario.source,
+            field="scheduler.preemption",
+        )
+    try:
+        config = SchedulerConfig(
+            max_model_len=resolved.max_model_len,
+            max_num_seqs=sched.max_num_seqs,
+            max_batched_tokens=sched.max_batched_tokens,
+            chunked_prefill=sched.chunked_prefill,
+            block_tokens=sched.block_tokens,
+            preemption=sched.preemption,
+            prefix_caching=scenario.prefix_caching,
+        )
+    except KvsimError as err:
+        raise KvsimError(err.message, source=scenario.source, field=err.field) from None
+    schedulers = [
+        ReplicaScheduler(config, resolved.memory.num_blocks) for _ in range(scenario.num_replicas)
+    ]
+    roles: tuple[str, ...] = ()
+    links: tuple[SharedLink, ...] = ()
+    if split is not None:
+        roles = ("prefill",) * split.prefill_replicas + ("decode",) * split.decode_replicas
+        link = get_link(split.link)
+        links = tuple(
+            SharedLink(link.achieved_bytes_per_s, link.latency_s, resolution_s=1 / NS)
+            for _ in range(split.prefill_replicas)
+        )
+    engine = Engine(
+        workload,
+        schedulers,
+        executor,
+        EngineConfig(
+            router=router_spec(scenario.router.name),
+            block_tokens=sched.block_tokens,
+            prefix_caching=scenario.prefix_caching != "none",
+            step_mode=step_mode,
+            roles=roles,
+            links=links,
+            kv_bytes_per_token=resolved.memory.kv_bytes_per_token,
+        ),
+        progress=progress,
+    )
+    records, steps = engine.run()
+    requests_frame = records.to_frame()
+    steps_frame = steps.to_frame()
+    slo = scenario.slo
+    context = MetricsContext(
+        replicas=scenario.num_replicas,
+        num_gpus=scenario.num_gpus,
+        usd_per_gpu_hour=resolved.accelerator.price_usd_per_hour,
+        kv_bytes_per_block=resolved.memory.kv_bytes_per_token * sched.block_tokens,
+        kv_blocks_per_replica=resolved.memory.num_blocks,
+        ttft_slo_s=slo.ttft_p90_s,
+        tpot_slo_s=slo.tpot_p90_s,
+        e2e_slo_s=slo.e2e_p90_s,
+    )
+    summary = summarize(requests_frame, steps_frame, context)
+    return RunResult(requests_frame, steps_frame, summary, scenario, resolved.memory, context)
