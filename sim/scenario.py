@@ -478,9 +478,12 @@ def _build(
     for key, cls in _SECTIONS.items():
         if key in data:
             table = _resolve_paths(data[key], key, base_dir, ctx)
-            if key == "workload" and inline is not None:
-                if "trace" not in table and "synthetic" not in table:
-                    table["inline"] = inline
+            if (
+                key == "workload"
+                and inline is not None
+                and not {"trace", "synthetic"} & table.keys()
+            ):
+                table["inline"] = inline
             sections[key] = _section(ctx, key, table, cls)
     policies = _policies(ctx, data.get("policies", {}))
     try:
