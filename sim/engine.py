@@ -48,13 +48,10 @@ from simpy.events import Event
 
 from hardware.errors import KvsimError
 from sim.executor import Executor, StepResult
-from sim.kv.block_pool import blocks_for
 from sim.kv.hashing import engine_block_hashes
 from sim.records import FINISHED, RequestRecords, StepRecords
 from sim.router import RouterSpec, choose
 from sim.scheduler import (
-    REJECT_CONTEXT,
-    REJECT_KV_POOL,
     ReplicaScheduler,
     Sequence,
     StepPlan,
@@ -273,7 +270,7 @@ class Engine:
     def _admit(self, index: int) -> None:
         seq = self._new_sequence(index)
         if self.decoders:
-            reason = self._reject_reason(self.decoders[0].scheduler, seq)
+            reason = self.decoders[0].scheduler.reject_reason(seq)
             if reason:
                 self.records.reject(index, reason)
                 self._progress(1)
@@ -283,28 +280,14 @@ class Engine:
         self.records.replica[index] = replica.index
         self._enqueue(replica, seq, transferred=False)
 
-    @staticmethod
-    def _reject_reason(scheduler: ReplicaScheduler, seq: Sequence) -> str:
-        """Why ``scheduler.add`` would reject ``seq`` (its documented rules: context longer
-        than ``max_model_len``, or a KV footprint of prompt + output − 1 tokens larger than
-        the pool), known without queueing it. Used where the request cannot be queued yet:
-        on arrival under disaggregation (the prefill replica sees only the first output
-        token) and for a replica in a stretch (the newcomer waits for the step in
-        progress)."""
-        config = scheduler.config
-        total = seq.prompt_tokens + seq.output_tokens
-        if total > config.max_model_len:
-            return REJECT_CONTEXT
-        if blocks_for(total - 1, config.block_tokens) > scheduler.num_blocks:
-            return REJECT_KV_POOL
-        return ""
-
     def _enqueue(self, replica: _Replica, seq: Sequence, transferred: bool) -> None:
         stretch = replica.stretch
         if stretch is not None:
             # The step in progress was planned before this arrival: queue the newcomer once
             # it commits, and cut the stretch there.
-            reason = "" if transferred else self._reject_reason(replica.scheduler, seq)
+            # Known without queueing it: on arrival under disaggregation (the prefill replica
+            # sees only the first output token) and here, for a replica in a stretch.
+            reason = "" if transferred else replica.scheduler.reject_reason(seq)
             if reason:
                 self.records.reject(seq.index, reason, replica.index)
                 self._progress(1)
@@ -325,8 +308,7 @@ class Engine:
         if transferred:
             # KV that arrived from a prefill replica: resumable like swapped-out KV (no
             # recompute); the decode executor does not charge host-link time for it.
-            seq.swapped, seq.status = True, "swapped"
-            scheduler.swapped.append(seq)
+            scheduler.add_transferred(seq)
             return
         scheduler.add(seq, self.env.now / NS)
         rejected = scheduler.rejected
@@ -386,7 +368,7 @@ class Engine:
             swap_in_tokens=0,
         )
         first = self.executor.step(plan)
-        durations = duration_ns(self.executor.decode_stretch(contexts, steps))
+        durations = duration_ns(self.executor.decode_stretch(plan, steps))
         ends = start + np.cumsum(durations)
         replica.stretch = _Stretch(plan, start, ends, first)
         try:
@@ -448,8 +430,7 @@ class Engine:
     def _host_blocks(self, scheduler: ReplicaScheduler) -> int:
         if not self._swap_tracking or not scheduler.swapped:
             return 0
-        block = scheduler.config.block_tokens
-        return sum(blocks_for(seq.computed_tokens, block) for seq in scheduler.swapped)
+        return sum(scheduler.held_blocks(seq, seq.computed_tokens) for seq in scheduler.swapped)
 
     def _step_row(
         self,
@@ -541,7 +522,8 @@ class Engine:
         self.records.transfer_start_s[index] = now / NS
         link_index = self.entry.index(replica)
         link = self.config.links[link_index]
-        link.start(index, seq.prompt_tokens * self.config.kv_bytes_per_token, now / NS)
+        tokens = replica.scheduler.kv_tokens(seq, seq.prompt_tokens)
+        link.start(index, tokens * self.config.kv_bytes_per_token, now / NS)
         self._arm_link(link_index)
 
     def _arm_link(self, link_index: int) -> None:

@@ -25,6 +25,7 @@ from hardware.errors import KvsimError
 
 if TYPE_CHECKING:
     from sim.cost import CostModel
+    from sim.policies.footprint import KvFootprint
     from sim.scheduler import StepPlan
 
 
@@ -52,34 +53,73 @@ class Executor(Protocol):
         """Run (or price) one step of ``plan``."""
         ...
 
-    def decode_stretch(self, contexts: np.ndarray, steps: int) -> np.ndarray:
-        """Durations in seconds of ``steps`` consecutive pure-decode steps of sequences whose
-        first step attends ``contexts`` tokens and each later step one more."""
+    def decode_stretch(self, plan: StepPlan, steps: int) -> np.ndarray:
+        """Durations in seconds of ``steps`` consecutive pure-decode steps, the first being
+        ``plan`` (a pure-decode plan) and each later one attending one more token per
+        sequence."""
         ...
 
 
 class CostModelExecutor:
     """Step durations from the analytical cost model. Swap traffic of a step (KV blocks
     moved between HBM and the host tier by swap preemption) is priced as a non-overlapped
-    transfer of ``(swap_out_tokens + swap_in_tokens) × kv_bytes_per_token`` bytes."""
+    transfer of ``(swap_out_tokens + swap_in_tokens) × kv_bytes_per_token`` bytes.
+
+    With a ``footprint`` (a KV strategy that reads fewer tokens than it holds, or spends
+    work choosing them), each decode sequence reads
+    :meth:`~sim.policies.footprint.KvFootprint.decode_read_tokens` tokens and the step adds
+    the policies' FLOPs: per decode sequence per step, and once per sequence in the step
+    that completes its prompt."""
 
     supports_stretch = True
 
-    def __init__(self, cost_model: CostModel, kv_bytes_per_token: float = 0.0) -> None:
+    def __init__(
+        self,
+        cost_model: CostModel,
+        kv_bytes_per_token: float = 0.0,
+        footprint: KvFootprint | None = None,
+    ) -> None:
         if kv_bytes_per_token < 0:
             raise KvsimError(f"must be >= 0, got {kv_bytes_per_token}", field="kv_bytes_per_token")
         self.cost_model = cost_model
         self.kv_bytes_per_token = kv_bytes_per_token
+        active = footprint is not None and (
+            not footprint.reads_context or footprint.has_extra_flops
+        )
+        self.footprint = footprint if active else None
+
+    def _decode_prompts(self, plan: StepPlan) -> np.ndarray:
+        return np.fromiter(
+            (seq.prompt_tokens for seq in plan.decode), dtype=np.int64, count=len(plan.decode)
+        )
 
     def step(self, plan: StepPlan) -> StepResult:
         batch = plan.batch_shape()
+        changes: dict[str, object] = {}
         swapped = plan.swap_out_tokens + plan.swap_in_tokens
         if swapped and self.kv_bytes_per_token:
+            changes["transfer_bytes"] = batch.transfer_bytes + swapped * self.kv_bytes_per_token
+        footprint = self.footprint
+        if footprint is not None:
+            prompts = self._decode_prompts(plan)
+            if not footprint.reads_context:
+                changes["decode_read_tokens"] = footprint.decode_read_tokens(
+                    plan.decode_context, prompts
+                )
+            if footprint.has_extra_flops:
+                completing = [
+                    seq.prompt_tokens
+                    for seq, emits in zip(plan.prefill, plan.prefill_emits.tolist(), strict=True)
+                    if emits
+                ]
+                changes["policy_flops"] = float(
+                    footprint.decode_extra_flops(plan.decode_context, prompts).sum()
+                    + footprint.prefill_extra_flops(completing).sum()
+                )
+        if changes:
             from dataclasses import replace
 
-            batch = replace(
-                batch, transfer_bytes=batch.transfer_bytes + swapped * self.kv_bytes_per_token
-            )
+            batch = replace(batch, **changes)
         cost = self.cost_model.step(batch)
         return StepResult(
             duration_s=cost.duration_s,
@@ -90,8 +130,20 @@ class CostModelExecutor:
             overhead_s=cost.overhead_s,
         )
 
-    def decode_stretch(self, contexts: np.ndarray, steps: int) -> np.ndarray:
-        return self.cost_model.decode_stretch(contexts, steps)
+    def decode_stretch(self, plan: StepPlan, steps: int) -> np.ndarray:
+        contexts = plan.decode_context
+        footprint = self.footprint
+        if footprint is None or not contexts.size:
+            return self.cost_model.decode_stretch(contexts, steps)
+        grid = contexts[None, :] + np.arange(steps)[:, None]
+        prompts = np.broadcast_to(self._decode_prompts(plan), grid.shape).reshape(-1)
+        read = flops = None
+        if not footprint.reads_context:
+            read = footprint.decode_read_tokens(grid.reshape(-1), prompts).reshape(grid.shape)
+        if footprint.has_extra_flops:
+            flops = footprint.decode_extra_flops(grid.reshape(-1), prompts)
+            flops = flops.reshape(grid.shape).sum(axis=1)
+        return self.cost_model.decode_stretch(contexts, steps, read_tokens=read, policy_flops=flops)
 
 
 class FixedStepExecutor:
@@ -112,5 +164,5 @@ class FixedStepExecutor:
     def step(self, plan: StepPlan) -> StepResult:
         return StepResult(duration_s=self.step_s, compute_s=self.step_s)
 
-    def decode_stretch(self, contexts: np.ndarray, steps: int) -> np.ndarray:
+    def decode_stretch(self, plan: StepPlan, steps: int) -> np.ndarray:
         return np.full(steps, self.step_s)

@@ -21,6 +21,7 @@ from sim.cost import CostModel, MemoryPlan, plan_memory
 from sim.engine import NS, Engine, EngineConfig
 from sim.executor import CostModelExecutor, Executor
 from sim.metrics import MetricsContext, summarize
+from sim.policies.footprint import KvFootprint
 from sim.router import router_spec
 from sim.scenario import Scenario
 from sim.scheduler import ReplicaScheduler, SchedulerConfig
@@ -67,13 +68,20 @@ class Resolved:
     accelerator: Accelerator
     memory: MemoryPlan
     max_model_len: int
+    footprint: KvFootprint
 
 
 def resolve(scenario: Scenario) -> Resolved:
-    """Look up the model and accelerator and plan one replica's memory. A model that does
-    not fit the replica is a :class:`KvsimError` naming the scenario and the shortfall."""
+    """Look up the model and accelerator, apply the KV strategy, and plan one replica's
+    memory: the KV pool counts blocks at the strategy's storage format
+    (:class:`~sim.policies.footprint.KvFootprint`). A model that does not fit the replica is
+    a :class:`KvsimError` naming the scenario and the shortfall."""
     hw, sched = scenario.hardware, scenario.scheduler
     model = get_model(scenario.model.ref)
+    try:
+        footprint = KvFootprint(scenario.kv_strategy(), model, sched.block_tokens)
+    except KvsimError as err:
+        raise KvsimError(err.message, source=scenario.source, field=err.field) from None
     accelerator = get_accelerator(hw.accelerator)
     if hw.price_usd_per_hour is not None:
         accelerator = accelerator.with_price(hw.price_usd_per_hour)
@@ -84,7 +92,7 @@ def resolve(scenario: Scenario) -> Resolved:
             tp=hw.tp,
             pp=hw.pp,
             weight_dtype=scenario.model.weight_dtype,
-            kv_dtype=scenario.kv_dtype,
+            kv_dtype=footprint.kv_format(),
             gpu_memory_fraction=hw.gpu_memory_fraction,
             max_batched_tokens=sched.max_batched_tokens,
             block_tokens=sched.block_tokens,
@@ -94,7 +102,7 @@ def resolve(scenario: Scenario) -> Resolved:
         field = f"hardware.{err.field}" if err.field in ("tp", "pp") else "hardware"
         raise KvsimError(err.message, source=scenario.source, field=field) from None
     max_model_len = sched.max_model_len or model.max_context_tokens
-    return Resolved(model, accelerator, memory, max_model_len)
+    return Resolved(model, accelerator, memory, max_model_len, footprint)
 
 
 def load_workload(scenario: Scenario, max_context_tokens: int | None = None) -> Workload:
@@ -141,8 +149,9 @@ def build_executor(scenario: Scenario, resolved: Resolved) -> Executor:
             tp=hw.tp,
             pp=hw.pp,
             weight_dtype=scenario.model.weight_dtype,
-            kv_dtype=scenario.kv_dtype,
+            kv_dtype=resolved.footprint.kv_format(),
             compute_dtype=scenario.model.compute_dtype,
+            kv_dequant_flops_per_element=resolved.footprint.dequant_flops_per_element,
         )
     except KvsimError as err:
         field = f"hardware.{err.field}" if err.field in ("tp", "pp") else err.field
@@ -150,7 +159,7 @@ def build_executor(scenario: Scenario, resolved: Resolved) -> Executor:
             f"{resolved.model.id}: {err.message}", source=scenario.source, field=field
         ) from None
     per_token = 0.0 if scenario.disaggregation else resolved.memory.kv_bytes_per_token
-    return CostModelExecutor(cost_model, kv_bytes_per_token=per_token)
+    return CostModelExecutor(cost_model, kv_bytes_per_token=per_token, footprint=resolved.footprint)
 
 
 def run_scenario(
@@ -192,7 +201,8 @@ def run_scenario(
     except KvsimError as err:
         raise KvsimError(err.message, source=scenario.source, field=err.field) from None
     schedulers = [
-        ReplicaScheduler(config, resolved.memory.num_blocks) for _ in range(scenario.num_replicas)
+        ReplicaScheduler(config, resolved.memory.num_blocks, resolved.footprint)
+        for _ in range(scenario.num_replicas)
     ]
     roles: tuple[str, ...] = ()
     links: tuple[SharedLink, ...] = ()

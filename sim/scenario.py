@@ -26,6 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from hardware.errors import KvsimError
+from sim.policies.compose import STRATEGY_KINDS, KvStrategy
+from sim.policies.registry import policy_from_table
 from workloads.workload import Workload
 
 #: Router names :mod:`sim.router` implements.
@@ -34,10 +36,11 @@ ROUTERS = ("round_robin", "least_outstanding", "least_kv_load", "prefix_affinity
 PREEMPTION_MODES = ("recompute", "swap")
 #: Prefix-cache index kinds: vLLM's block-hash table, SGLang's radix tree.
 PREFIX_CACHE_KINDS = ("hash", "radix")
-#: KV storage formats ``[policies.quantization] name`` may select without the policy registry.
+#: Plain KV storage dtypes among the quantization policies (no parameters needed).
 KV_DTYPE_QUANTIZATIONS = ("fp16", "bf16", "fp8", "int8", "int4")
-#: Policy kinds whose tables a scenario may hold.
-POLICY_KINDS = ("prefix_cache", "quantization", "selection")
+#: Policy kinds whose tables a scenario may hold: the prefix cache, and the kinds of a
+#: :class:`~sim.policies.KvStrategy`.
+POLICY_KINDS = ("prefix_cache", "selection", "quantization", "low_rank", "merging")
 #: Keys whose values are file paths, resolved against the scenario file's folder.
 PATH_KEYS = ("model.config", "workload.trace")
 
@@ -239,6 +242,7 @@ class Scenario:
             raise KvsimError("a policy kind appears twice", field="policies")
         for policy in self.policies:
             _check_policy(policy)
+        _strategy(self.policies)
         split = self.disaggregation
         if split is not None:
             total = split.prefill_replicas + split.decode_replicas
@@ -297,10 +301,14 @@ class Scenario:
 
     @property
     def kv_dtype(self) -> str:
-        """KV storage format: ``[policies.quantization] name`` when it names a plain dtype,
-        else fp16."""
+        """Name of the ``[policies.quantization]`` policy (``fp16`` when there is none)."""
         quant = self.policy("quantization")
         return quant.name if quant is not None else "fp16"
+
+    def kv_strategy(self) -> KvStrategy:
+        """The ``[policies.selection|quantization|low_rank|merging]`` tables as one
+        :class:`~sim.policies.KvStrategy` (full fp16 cache where a kind is absent)."""
+        return _strategy(self.policies)
 
     @property
     def prefix_caching(self) -> str:
@@ -614,26 +622,26 @@ def _policies(ctx: _Context, table: Any) -> tuple[PolicyTable, ...]:
     return tuple(out)
 
 
+def _strategy(policies: tuple[PolicyTable, ...]) -> KvStrategy:
+    tables = {
+        p.kind: {"name": p.name, **dict(p.params)}
+        for p in policies
+        if p.kind in STRATEGY_KINDS
+    }
+    return KvStrategy.from_tables(tables)
+
+
 def _check_policy(policy: PolicyTable) -> None:
-    dotted = f"policies.{policy.kind}"
-    if policy.kind == "quantization":
-        if policy.name not in KV_DTYPE_QUANTIZATIONS:
-            raise KvsimError(
-                f"policy {policy.name!r} is not available yet; quantization currently takes a "
-                f"plain KV dtype: {', '.join(KV_DTYPE_QUANTIZATIONS)}",
-                field=f"{dotted}.name",
-            )
-        if policy.params:
-            raise KvsimError(
-                f"a plain KV dtype takes no parameters, got {', '.join(k for k, _ in policy.params)}",
-                field=f"{dotted}.{policy.params[0][0]}",
-            )
-    elif policy.kind == "selection":
-        raise KvsimError(
-            f"policy {policy.name!r} is not available yet: token selection policies are not "
-            "implemented in this version",
-            field=f"{dotted}.name",
-        )
+    """Build the policy from the registry now, so an unknown name or parameter is reported
+    against the scenario (the registry's error names the parameter)."""
+    if policy.kind in STRATEGY_KINDS:
+        try:
+            policy_from_table(policy.kind, {"name": policy.name, **dict(policy.params)})
+        except KvsimError as err:
+            field = err.field or "name"
+            if not field.startswith("policies."):
+                field = f"policies.{policy.kind}.{field}"
+            raise KvsimError(err.message, field=field) from None
 
 
 def _check_catalog(ctx: _Context, scenario: Scenario) -> None:

@@ -46,6 +46,7 @@ from sim.kv.radix_cache import RadixBlockPool
 
 if TYPE_CHECKING:
     from sim.cost.batch import BatchShape
+    from sim.policies.footprint import KvFootprint
 
 PREEMPTION_MODES = ("recompute", "swap")
 PREFIX_CACHING_MODES = ("none", "hash", "radix")
@@ -184,11 +185,27 @@ class StepPlan:
 
 
 class ReplicaScheduler:
-    """vLLM V1 scheduler of one replica over a KV pool of ``num_blocks`` blocks (module doc)."""
+    """vLLM V1 scheduler of one replica over a KV pool of ``num_blocks`` blocks (module doc).
 
-    def __init__(self, config: SchedulerConfig, num_blocks: int):
+    ``footprint`` (a :class:`~sim.policies.footprint.KvFootprint`) says how many blocks a
+    sequence holds under a KV strategy that drops, compresses or indexes tokens; without one,
+    or when it is the identity, a sequence of ``t`` tokens holds ``ceil(t / block_tokens)``.
+    The pool's API stays in tokens: a hold of ``n`` blocks is asked for as ``n ·
+    block_tokens`` tokens (:meth:`hold_tokens`).
+    """
+
+    def __init__(
+        self, config: SchedulerConfig, num_blocks: int, footprint: KvFootprint | None = None
+    ):
         self.config = config
         self.num_blocks = int(num_blocks)
+        if footprint is not None and footprint.block_tokens != config.block_tokens:
+            raise KvsimError(
+                f"footprint counts {footprint.block_tokens}-token blocks, the scheduler "
+                f"{config.block_tokens}-token ones",
+                field="scheduler.block_tokens",
+            )
+        self.footprint = None if footprint is None or footprint.identity else footprint
         if config.prefix_caching == "radix":
             self.pool: BlockPool | RadixBlockPool = RadixBlockPool(num_blocks, config.block_tokens)
         else:
@@ -236,14 +253,52 @@ class ReplicaScheduler:
         an engine may clear it once it has recorded them)."""
         return self._rejected
 
+    # ------------------------------------------------------------------ footprint
+    def held_blocks(self, seq: Sequence, tokens: int) -> int:
+        """Blocks ``seq`` holds with ``tokens`` tokens in KV."""
+        if self.footprint is None:
+            return blocks_for(tokens, self.config.block_tokens)
+        return int(self.footprint.blocks([tokens], seq.prompt_tokens)[0])
+
+    def hold_tokens(self, seq: Sequence, tokens: int) -> int:
+        """What to ask the pool for so that ``seq`` holds :meth:`held_blocks` blocks:
+        ``tokens`` itself for the full cache, else that many whole blocks of tokens."""
+        if self.footprint is None:
+            return tokens
+        return self.held_blocks(seq, tokens) * self.config.block_tokens
+
+    def reject_reason(self, seq: Sequence) -> str:
+        """Why :meth:`add` would reject ``seq`` (``""`` if it would not): prompt + output
+        longer than ``max_model_len`` (:data:`REJECT_CONTEXT`), or a KV footprint at prompt +
+        output − 1 tokens (the last sampled token is never stored) larger than the whole
+        pool (:data:`REJECT_KV_POOL`), which no preemption could ever make room for."""
+        total = seq.prompt_tokens + seq.output_tokens
+        if total > self.config.max_model_len:
+            return REJECT_CONTEXT
+        if self._peak_blocks(seq, total - 1) > self.num_blocks:
+            return REJECT_KV_POOL
+        return ""
+
+    def _peak_blocks(self, seq: Sequence, last: int) -> int:
+        """The most blocks ``seq`` holds at any point up to ``last`` tokens (a policy that
+        compresses at prompt end peaks when the prompt completes)."""
+        if self.footprint is None:
+            return blocks_for(last, self.config.block_tokens)
+        points = np.unique(np.array([min(seq.prompt_tokens, last), last], dtype=np.int64))
+        return int(self.footprint.blocks(points, seq.prompt_tokens).max())
+
     # ------------------------------------------------------------------ arrivals
+    def add_transferred(self, seq: Sequence) -> None:
+        """Queue ``seq`` whose KV arrived from another replica (disaggregated prefill): it
+        resumes like swapped-out KV, without recompute."""
+        seq.swapped, seq.status = True, "swapped"
+        self.swapped.append(seq)
+
     def add(self, seq: Sequence, now_s: float) -> bool:
         """Queue ``seq`` (arrived at ``now_s``); ``False`` if it is rejected instead.
 
-        Rejected, with ``status = "rejected"`` and a ``reject_reason``: prompt + output longer
-        than ``max_model_len`` (:data:`REJECT_CONTEXT`), or a KV footprint (prompt + output - 1
-        tokens: the last sampled token is never stored) larger than the whole pool
-        (:data:`REJECT_KV_POOL`), which no preemption could ever make room for.
+        Rejected, with ``status = "rejected"`` and a ``reject_reason``
+        (:meth:`reject_reason`).
         """
         if seq.prompt_tokens < 1 or seq.output_tokens < 1:
             raise KvsimError(
@@ -257,12 +312,7 @@ class ReplicaScheduler:
                 f"{seq.prompt_tokens // self.config.block_tokens} full blocks",
                 field="block_hashes",
             )
-        total = seq.prompt_tokens + seq.output_tokens
-        reason = ""
-        if total > self.config.max_model_len:
-            reason = REJECT_CONTEXT
-        elif blocks_for(total - 1, self.config.block_tokens) > self.num_blocks:
-            reason = REJECT_KV_POOL
+        reason = self.reject_reason(seq)
         if reason:
             seq.status, seq.reject_reason = "rejected", reason
             self._rejected.append(seq)
@@ -292,9 +342,10 @@ class ReplicaScheduler:
     def _cache_blocks(self, seq: Sequence, tokens: int) -> None:
         """Register the sequence's prompt blocks that are full once ``tokens`` are computed."""
         if self._caching and len(seq.block_hashes):
-            self.pool.cache_full_blocks(
-                seq.index, seq.block_hashes, tokens // self.config.block_tokens
-            )
+            full = tokens // self.config.block_tokens
+            if self.footprint is not None:  # only blocks it holds (footprint module doc)
+                full = min(full, self.pool.num_held_blocks(seq.index))
+            self.pool.cache_full_blocks(seq.index, seq.block_hashes, full)
 
     def _preempt(self, victim: Sequence) -> int:
         """Preempt ``victim``; return the KV tokens swapped out (0 for recompute)."""
@@ -303,10 +354,15 @@ class ReplicaScheduler:
         if self.config.preemption == "swap":
             victim.swapped, victim.status = True, "swapped"
             self.swapped.appendleft(victim)
-            return victim.computed_tokens
+            return self.kv_tokens(victim, victim.computed_tokens)
         victim.computed_tokens, victim.status = 0, "waiting"
         self.waiting.appendleft(victim)
         return 0
+
+    def kv_tokens(self, seq: Sequence, tokens: int) -> int:
+        """KV of ``seq`` at ``tokens`` tokens, in tokens of the stored format: ``tokens`` for
+        the full cache, else its held blocks' worth (what a swap or a transfer moves)."""
+        return tokens if self.footprint is None else self.hold_tokens(seq, tokens)
 
     def schedule(self, now_s: float) -> StepPlan | None:
         """Plan the next step at ``now_s`` (vLLM V1 order, module docstring); ``None`` when
@@ -322,7 +378,7 @@ class ReplicaScheduler:
             seq = self.running[index]
             computed = seq.computed_tokens
             new_tokens = min(seq.prompt_tokens + seq.generated_tokens - computed, budget)
-            while not pool.grow(seq.index, computed + new_tokens):
+            while not pool.grow(seq.index, self.hold_tokens(seq, computed + new_tokens)):
                 victim = self.running.pop()
                 swap_out += self._preempt(victim)
                 preempted.append(victim)
@@ -343,12 +399,12 @@ class ReplicaScheduler:
                 if plan is None:
                     break
                 new_tokens, total, hashes = plan
-                hit = pool.allocate(seq.index, total, hashes)
+                hit = pool.allocate(seq.index, self.hold_tokens(seq, total), hashes)
                 if hit is None:
                     break
                 self.swapped.popleft()
                 computed = seq.computed_tokens
-                swap_in += computed - hit
+                swap_in += self.kv_tokens(seq, computed) - hit
                 seq.swapped, seq.status = False, "running"
                 self.running.append(seq)
                 self._cache_blocks(seq, total)
@@ -366,7 +422,9 @@ class ReplicaScheduler:
                 if plan is None:
                     break
                 new_tokens, total, hashes = plan
-                hit = pool.allocate(seq.index, total, hashes if self._caching else None)
+                hit = pool.allocate(
+                    seq.index, self.hold_tokens(seq, total), hashes if self._caching else None
+                )
                 if hit is None:
                     break
                 self.waiting.popleft()
@@ -453,13 +511,41 @@ class ReplicaScheduler:
             count=len(self.running),
         )
 
-    def _growth(self, phase: np.ndarray, steps: int) -> int:
+    def _held_after(
+        self, computed: np.ndarray, prompts: np.ndarray, steps: int | np.ndarray
+    ) -> np.ndarray:
+        """Blocks each running sequence holds after ``steps`` more decode tokens (footprint
+        only; ``steps`` a scalar or a per-row array)."""
+        assert self.footprint is not None
+        return self.footprint.blocks(computed + steps, prompts)
+
+    def _growth(self, state: np.ndarray, steps: int) -> int:
         """New blocks the running batch needs over ``steps`` pure-decode steps.
 
         A sequence with ``c`` computed tokens holds ``ceil(c / B)`` blocks and after ``s`` more
         tokens needs ``ceil((c + s) / B)``; the difference is ``floor((s + a) / B)`` with
-        ``a = (c - 1) mod B`` (its ``phase``)."""
-        return int(((steps + phase) // self.config.block_tokens).sum())
+        ``a = (c - 1) mod B`` (its phase). Under a footprint, ``blocks(c + s) − blocks(c)``."""
+        computed = state[:, 0]
+        if self.footprint is None:
+            phase = (computed - 1) % self.config.block_tokens
+            return int(((steps + phase) // self.config.block_tokens).sum())
+        prompts = state[:, 1]
+        after = self._held_after(computed, prompts, steps)
+        return int((after - self._held_after(computed, prompts, 0)).sum())
+
+    def _steps_before_growth(self, state: np.ndarray, horizon: int) -> int:
+        """Decode steps the batch takes before any sequence needs a new block."""
+        if self.footprint is None:
+            phase = (state[:, 0] - 1) % self.config.block_tokens
+            return int((self.config.block_tokens - phase).min()) - 1
+        low, high = 0, horizon  # the largest s with no growth
+        while low < high:
+            middle = (low + high + 1) // 2
+            if self._growth(state, middle) == 0:
+                low = middle
+            else:
+                high = middle - 1
+        return low
 
     def stable_decode_steps(self, limit: int) -> int:
         """How many next steps are certainly the same pure-decode batch of every running
@@ -472,23 +558,16 @@ class ReplicaScheduler:
         if limit < 1 or not running:
             return 0
         count = len(running)
-        state = np.array(
-            [
-                (s.computed_tokens, s.prompt_tokens, s.generated_tokens, s.output_tokens)
-                for s in running
-            ],
-            dtype=np.int64,
-        )
+        state = self._running_state()
         computed, generated = state[:, 0], state[:, 2]
         if np.any(state[:, 1] + generated - computed != 1) or generated.min() < 1:
             return 0
         horizon = int(min(limit, (state[:, 3] - generated).min()))
         free = self.pool.num_free_blocks
-        phase = (computed - 1) % self.config.block_tokens
         low, high = 0, horizon  # the largest s <= horizon whose growth fits in the free blocks
         while low < high:
             middle = (low + high + 1) // 2
-            if self._growth(phase, middle) <= free:
+            if self._growth(state, middle) <= free:
                 low = middle
             else:
                 high = middle - 1
@@ -503,14 +582,23 @@ class ReplicaScheduler:
         if plan is None:
             return horizon
         total, hashes = plan[1], plan[2]
-        first_growth = self._growth(phase, 1)
+        first_growth = self._growth(state, 1)
         if not self._caching:
-            needed = blocks_for(total, self.config.block_tokens)
+            needed = self.held_blocks(head, total)
             return horizon if needed > free - first_growth else 0
-        if first_growth > 0 or self.pool.can_allocate(total, hashes):
+        if first_growth > 0 or self.pool.can_allocate(self.hold_tokens(head, total), hashes):
             return 0
-        steps_without_growth = int((self.config.block_tokens - phase).min()) - 1
-        return min(horizon, steps_without_growth)
+        return min(horizon, self._steps_before_growth(state, horizon))
+
+    def _running_state(self) -> np.ndarray:
+        """Per running sequence: computed, prompt, generated and output tokens."""
+        return np.array(
+            [
+                (s.computed_tokens, s.prompt_tokens, s.generated_tokens, s.output_tokens)
+                for s in self.running
+            ],
+            dtype=np.int64,
+        ).reshape(-1, 4)
 
     def commit_decode_steps(self, steps: int, end_times_s: np.ndarray) -> list[Sequence]:
         """Apply ``steps`` pure-decode steps of the whole running batch at once (step ``k``
@@ -544,16 +632,33 @@ class ReplicaScheduler:
         pool, running, bt = self.pool, self.running, self.config.block_tokens
         if not self._caching:
             for seq, tokens in zip(running, (computed + steps).tolist(), strict=True):
-                pool.grow(seq.index, tokens)
+                pool.grow(seq.index, self.hold_tokens(seq, tokens))
             return
-        first = bt - (computed - 1) % bt
-        events = np.maximum((steps - first) // bt + 1, 0)
-        if not events.sum():
-            return
-        who = np.repeat(np.arange(len(running)), events)
-        offsets = np.arange(who.size) - np.repeat(np.cumsum(events) - events, events)
-        when = first[who] + offsets * bt
+        if self.footprint is None:
+            first = bt - (computed - 1) % bt
+            events = np.maximum((steps - first) // bt + 1, 0)
+            if not events.sum():
+                return
+            who = np.repeat(np.arange(len(running)), events)
+            offsets = np.arange(who.size) - np.repeat(np.cumsum(events) - events, events)
+            when = first[who] + offsets * bt
+            targets = computed[who] + when
+        else:
+            who, when, targets = self._growth_events(steps)
         for position in np.lexsort((who, when)).tolist():
             seq = running[int(who[position])]
-            if not pool.grow(seq.index, int(computed[who[position]] + when[position])):
+            if not pool.grow(seq.index, int(targets[position])):
                 raise AssertionError("decode growth failed inside a stable run")
+
+    def _growth_events(self, steps: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Under a footprint: (running position, step, tokens to ask the pool for) of each
+        decode step in which a sequence's hold grows, over ``steps`` steps."""
+        state = self._running_state()
+        width = steps + 1
+        held = self._held_after(
+            np.repeat(state[:, 0], width),
+            np.repeat(state[:, 1], width),
+            np.tile(np.arange(width), len(state)),
+        ).reshape(len(state), width)
+        who, when = np.nonzero(np.diff(held, axis=1) > 0)
+        return who, when + 1, held[who, when + 1] * self.config.block_tokens

@@ -413,29 +413,21 @@ def test_azure_fixture_full_replay(azure_toml: Path, traces_dir: Path) -> None:
     assert (requests["status"] == "finished").sum() == len(trace) - too_long
 
 
-def test_synthetic_fixture_selection_table_is_reported_not_available(tmp_path: Path) -> None:
+def test_synthetic_fixture_with_streaming_llm_fp8_and_prefix_cache_runs(tmp_path: Path) -> None:
     path = tmp_path / "synthetic.toml"
     path.write_text(SYNTHETIC_TOML)
-    with pytest.raises(KvsimError, match="not available yet") as err:
-        load_scenario(path)
-    assert err.value.field == "policies.selection.name"
-    assert str(err.value).startswith(f"{path}:")
-
-
-def test_synthetic_fixture_without_selection_runs(tmp_path: Path) -> None:
-    path = tmp_path / "synthetic.toml"
-    text = SYNTHETIC_TOML.replace(
-        '[policies.selection]\nname = "streaming_llm"\nsink_tokens = 4\nwindow_tokens = 1024\n',
-        "",
-    )
-    path.write_text(text)
     scenario = load_scenario(path, ["workload.synthetic.requests=200"])
-    assert scenario.kv_dtype == "fp8" and scenario.prefix_caching == "hash"
+    assert scenario.prefix_caching == "hash"
+    assert scenario.kv_strategy().label() == "streaming_llm(window_tokens=1024) + fp8"
     result = run_scenario(scenario)
     assert result.summary["requests_completed"] == 200
     # fp8 KV halves bytes per token relative to fp16 (1 byte per element instead of 2).
     fp16 = resolve(scenario.with_overrides(["policies.quantization.name=fp16"])).memory
     assert result.memory.kv_bytes_per_token * 2 == fp16.kv_bytes_per_token
+    # No sequence holds more than the 4 + 1024 tokens the window keeps: ceil(1028 / 16) = 65
+    # blocks each (the synthetic workload has no shared prefixes to pin).
+    steps = result.steps
+    assert (steps["kv_blocks_used"] <= 65 * (steps["num_prefill"] + steps["num_decode"])).all()
 
 
 # ---- scenario loading ------------------------------------------------------------------------
@@ -520,7 +512,7 @@ def test_documented_complete_example_loads_and_runs(tmp_path: Path) -> None:
     path.write_text(example)
     scenario = load_scenario(path, ["workload.synthetic.requests=150"])
     assert scenario.num_gpus == 4 and scenario.router.name == "prefix_affinity"
-    assert scenario.kv_dtype == "fp8" and scenario.prefix_caching == "hash"
+    assert scenario.kv_strategy().quantization.name == "fp8" and scenario.prefix_caching == "hash"
     result = run_scenario(scenario)
     assert result.summary["requests_completed"] == 150
     assert result.summary["usd_per_hour"] == pytest.approx(4 * 2.5)

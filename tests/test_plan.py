@@ -219,7 +219,7 @@ def test_every_strategy_preset_is_accepted_by_the_scenario_layer() -> None:
     base = _base(SMALL_CHAT)
     for strategy in KV_STRATEGIES.values():
         scenario = base.with_overrides(strategy.overrides)
-        assert scenario.kv_dtype == strategy.kv_dtype
+        assert scenario.kv_strategy().quantization.name == strategy.kv_dtype
         assert (scenario.prefix_caching != "none") == strategy.prefix_caching
 
 

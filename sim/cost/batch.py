@@ -31,10 +31,13 @@ class BatchShape:
     ``prefill_context[i]`` tokens already in KV before that chunk;
     ``decode_context[j]`` KV tokens decode sequence ``j`` attends, its newest token included;
     ``decode_read_tokens[j]`` tokens actually read by sequence ``j`` when a selection policy
-    (Quest, SnapKV) reads fewer than it stores (``None``: the context, windows applied);
+    (Quest, SnapKV) reads fewer than it stores (``None``: the context, windows applied; a
+    mean over layers, so not necessarily whole);
     ``prefill_emits[i]`` whether chunk ``i`` finishes its prompt and so samples a token
     (``None``: every chunk does); ``transfer_bytes`` KV bytes moved between HBM and host memory
-    in this step and not overlapped with compute (offload/reload; 0 without a lower tier).
+    in this step and not overlapped with compute (offload/reload; 0 without a lower tier);
+    ``policy_flops`` the KV policies' extra work in this step over the whole replica (token
+    scoring, low-rank reconstruction, merging; :class:`~sim.policies.footprint.KvFootprint`).
     """
 
     prefill_tokens: np.ndarray
@@ -43,6 +46,7 @@ class BatchShape:
     decode_read_tokens: np.ndarray | None = None
     prefill_emits: np.ndarray | None = None
     transfer_bytes: float = 0.0
+    policy_flops: float = 0.0
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
@@ -61,7 +65,9 @@ class BatchShape:
                 field="decode_context",
             )
         if self.decode_read_tokens is not None:
-            read = _as_counts(self.decode_read_tokens, "decode_read_tokens")
+            read = np.asarray(self.decode_read_tokens, dtype=np.float64).reshape(-1)
+            if read.size and read.min() < 0:
+                raise KvsimError("token counts must be >= 0", field="decode_read_tokens")
             if read.shape != self.decode_context.shape:
                 raise KvsimError(
                     f"{read.size} read counts for {self.decode_context.size} decode sequences",
@@ -78,6 +84,8 @@ class BatchShape:
             set_(self, "prefill_emits", emits)
         if self.transfer_bytes < 0:
             raise KvsimError(f"must be >= 0, got {self.transfer_bytes}", field="transfer_bytes")
+        if self.policy_flops < 0:
+            raise KvsimError(f"must be >= 0, got {self.policy_flops}", field="policy_flops")
 
     @classmethod
     def prefill(cls, batch: int, prompt_tokens: int, cached_tokens: int = 0) -> BatchShape:

@@ -17,6 +17,7 @@ over the batch, and :meth:`CostModel.decode_stretch` prices many decode steps at
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -461,6 +462,8 @@ class CostModel:
         ledger.kernel("ffn", ffn)
         ledger.kernel("attention_prefill", self._prefill_attention(c, p))
         ledger.kernel("attention_decode", self._decode_attention(batch))
+        if batch.policy_flops:
+            ledger.kernel("kv_policy", [self._policy_part(batch.policy_flops)])
 
         rows = batch.num_emitting
         head_bytes = k.lm_head_weight_bytes + rows * k.lm_head_io_bytes_per_row if rows else 0.0
@@ -557,11 +560,11 @@ class CostModel:
         read_tokens = decode_read_tokens(batch)
         if not read_tokens.size:
             return []
-        sums: dict[int | None, int] = {}
+        sums: dict[int | None, float] = {}
         for cls in self._k.attention_classes:
             if cls.window not in sums:
                 capped = read_tokens if cls.window is None else np.minimum(read_tokens, cls.window)
-                sums[cls.window] = int(capped.sum())
+                sums[cls.window] = capped.sum().item()
         return self._decode_parts(sums, read_tokens.size)
 
     def _decode_parts(
@@ -586,13 +589,29 @@ class CostModel:
             )
         return parts
 
+    def _policy_part(self, flops: float | np.ndarray) -> tuple[int, Any, float, float, float]:
+        """KV-policy work of the whole replica, split over the tensor-parallel ranks and run
+        at the attention kernels' rate (elementwise and small reductions, no weights read)."""
+        k = self._k
+        return (1, flops / self.tp, 0.0, k.attention_flops_per_s, k.hbm_bytes_per_s)
+
     # ---- many decode steps ---------------------------------------------------------------
-    def decode_stretch(self, context_tokens: np.ndarray, steps: int) -> np.ndarray:
+    def decode_stretch(
+        self,
+        context_tokens: np.ndarray,
+        steps: int,
+        *,
+        read_tokens: np.ndarray | None = None,
+        policy_flops: np.ndarray | None = None,
+    ) -> np.ndarray:
         """Durations of ``steps`` consecutive pure-decode steps of the same sequences, step
-        ``k`` attending ``context_tokens + k``. Only decode attention changes from step to
-        step (batch size, hence GEMMs, LM head, communication and overhead, is fixed), and it
-        depends on Σ_j min(context_j + k, window) per layer class, summed exactly for all k
-        at once."""
+        ``k`` attending ``context_tokens + k``. Only decode attention (and KV-policy work)
+        changes from step to step (batch size, hence GEMMs, LM head, communication and
+        overhead, is fixed); attention depends on Σ_j min(context_j + k, window) per layer
+        class, summed exactly for all k at once. ``read_tokens[k, j]`` replaces the context
+        where a selection policy reads fewer tokens than it holds; ``policy_flops[k]`` adds
+        the policies' work in step ``k`` (both as :meth:`step` takes them in a
+        :class:`BatchShape`)."""
         context = np.asarray(context_tokens, dtype=np.int64).reshape(-1)
         if steps < 0:
             raise KvsimError(f"must be >= 0, got {steps}", field="steps")
@@ -602,14 +621,24 @@ class CostModel:
         if not context.size:
             return np.full(steps, first.duration_s)
         fixed_s = first.duration_s - first.component("attention_decode").time_s
-        sums = {
-            cls.window: _capped_sum_over_steps(context, cls.window, steps)
-            for cls in self._k.attention_classes
-        }
+        if read_tokens is None:
+            sums = {
+                cls.window: _capped_sum_over_steps(context, cls.window, steps)
+                for cls in self._k.attention_classes
+            }
+        else:
+            read = np.asarray(read_tokens).reshape(steps, context.size)
+            sums = {
+                cls.window: (read if cls.window is None else np.minimum(read, cls.window)).sum(
+                    axis=1
+                )
+                for cls in self._k.attention_classes
+            }
         attention_s = np.zeros(steps)
-        for layers, flops, nbytes, flops_per_s, bytes_per_s in self._decode_parts(
-            sums, context.size
-        ):
+        parts = self._decode_parts(sums, context.size)
+        if policy_flops is not None:
+            parts.append(self._policy_part(np.asarray(policy_flops, dtype=np.float64)))
+        for layers, flops, nbytes, flops_per_s, bytes_per_s in parts:
             compute, memory = _roofline_array(flops / flops_per_s, nbytes / bytes_per_s)
             attention_s += layers * (compute + memory)
         return fixed_s + attention_s

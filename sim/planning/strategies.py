@@ -25,7 +25,7 @@ UNKNOWN = "unknown"
 
 
 @dataclass(frozen=True)
-class KvStrategy:
+class StrategyPreset:
     """One preset: its name, the KV dtype, whether prefix caching is on, and a one-line
     description for tables."""
 
@@ -43,20 +43,20 @@ class KvStrategy:
         )
 
 
-KV_STRATEGIES: dict[str, KvStrategy] = {
+KV_STRATEGIES: dict[str, StrategyPreset] = {
     s.name: s
     for s in (
-        KvStrategy("fp16", "fp16", False, "16-bit KV, no prefix caching"),
-        KvStrategy("fp8", "fp8", False, "FP8 (e4m3) KV, no prefix caching"),
-        KvStrategy("int8", "int8", False, "INT8 KV, no prefix caching"),
-        KvStrategy("fp16+prefix", "fp16", True, "16-bit KV, prefix caching"),
-        KvStrategy("fp8+prefix", "fp8", True, "FP8 (e4m3) KV, prefix caching"),
-        KvStrategy("int8+prefix", "int8", True, "INT8 KV, prefix caching"),
+        StrategyPreset("fp16", "fp16", False, "16-bit KV, no prefix caching"),
+        StrategyPreset("fp8", "fp8", False, "FP8 (e4m3) KV, no prefix caching"),
+        StrategyPreset("int8", "int8", False, "INT8 KV, no prefix caching"),
+        StrategyPreset("fp16+prefix", "fp16", True, "16-bit KV, prefix caching"),
+        StrategyPreset("fp8+prefix", "fp8", True, "FP8 (e4m3) KV, prefix caching"),
+        StrategyPreset("int8+prefix", "int8", True, "INT8 KV, prefix caching"),
     )
 }
 
 
-def get_strategy(name: str) -> KvStrategy:
+def get_strategy(name: str) -> StrategyPreset:
     try:
         return KV_STRATEGIES[name]
     except KeyError:
@@ -66,7 +66,7 @@ def get_strategy(name: str) -> KvStrategy:
         ) from None
 
 
-def quality(model_id: str, strategy: KvStrategy) -> tuple[str, float | None]:
+def quality(model_id: str, strategy: StrategyPreset) -> tuple[str, float | None]:
     """``(label, retained)``: ``lossless`` and 1.0 for full-precision KV; for a lossy dtype
     the quality table's entry for that policy on ``model_id`` (its label and
     value / baseline), else ``unknown`` and ``None``."""

@@ -104,7 +104,7 @@ class KvStrategy:
     def layout(self, model: ModelSpec) -> KvLayout:
         return self.low_rank.layout(model) if self.low_rank is not None else KvLayout.of(model)
 
-    def _layer_weights(self, model: ModelSpec) -> tuple[np.ndarray, np.ndarray]:
+    def layer_weights(self, model: ModelSpec) -> tuple[np.ndarray, np.ndarray]:
         """Merge factor of each layer (0 for layers that hold no KV) and window caps."""
         holds = np.array([model.holds_kv(i) for i in range(model.num_layers)], dtype=np.float64)
         factor = holds
@@ -121,7 +121,7 @@ class KvStrategy:
         ctx = as_tokens(context_tokens, "context_tokens")
         prompt = as_tokens(prompt_tokens, "prompt_tokens")
         layers = model.num_layers
-        _, windows = self._layer_weights(model)
+        _, windows = self.layer_weights(model)
         sel = self.selection
         full = np.minimum(ctx[:, None].astype(np.float64), windows[None, :])
         kept = np.minimum(sel.kept_tokens_per_layer(ctx, prompt, layers), windows[None, :])
@@ -140,7 +140,7 @@ class KvStrategy:
                 f"must be a positive integer, got {block_tokens!r}", field="block_tokens"
             )
         full, kept, stored, _, index = self._counts(model, context_tokens, prompt_tokens)
-        factor, _ = self._layer_weights(model)
+        factor, _ = self.layer_weights(model)
         holds = factor > 0
         layout = self.layout(model)
         base_layout = KvLayout.of(model)
@@ -177,7 +177,7 @@ class KvStrategy:
         """KV bytes one decode step reads per sequence (selected tokens at the stored format,
         plus the side index)."""
         _, _, _, read, index = self._counts(model, context_tokens, prompt_tokens)
-        factor, _ = self._layer_weights(model)
+        factor, _ = self.layer_weights(model)
         layout = self.layout(model)
         kv = (self.quantization.layer_bytes(read, layout) * factor[None, :]).sum(axis=1)
         return kv + (index * (factor > 0)[None, :]).sum(axis=1) * layout.elements * FP16_BYTES
@@ -187,24 +187,26 @@ class KvStrategy:
     ) -> np.ndarray:
         """Tokens read per decode step, averaged over KV-holding layers (windows applied)."""
         _, _, _, read, _ = self._counts(model, context_tokens, prompt_tokens)
-        factor, _ = self._layer_weights(model)
+        factor, _ = self.layer_weights(model)
         holds = factor > 0
         return read[:, holds].mean(axis=1)
 
     # ---- FLOPs -----------------------------------------------------------------------------
     def decode_extra_flops(
-        self, model: ModelSpec, context_tokens: Any, prompt_tokens: Any
+        self, model: ModelSpec, context_tokens: Any, prompt_tokens: Any, *, dequant: bool = True
     ) -> np.ndarray:
-        """Extra FLOPs per decode step and sequence: scoring, dequantisation of what is read,
-        low-rank reconstruction of the keys read, and merging of tokens evicted this step."""
+        """Extra FLOPs per decode step and sequence: scoring, dequantisation of what is read
+        (unless ``dequant`` is False: the cost model prices it per element read), low-rank
+        reconstruction of the keys read, and merging of tokens evicted this step."""
         ctx = as_tokens(context_tokens, "context_tokens")
         prompt = as_tokens(prompt_tokens, "prompt_tokens")
         _, _, _, read, _ = self._counts(model, ctx, prompt)
-        factor, _ = self._layer_weights(model)
+        factor, _ = self.layer_weights(model)
         holds = (factor > 0)[None, :]
         layout = self.layout(model)
         flops = self.selection.decode_score_flops(model, ctx, prompt)
-        flops = flops + (self.quantization.dequant_flops(read, layout) * holds).sum(axis=1)
+        if dequant:
+            flops = flops + (self.quantization.dequant_flops(read, layout) * holds).sum(axis=1)
         if self.low_rank is not None:
             per_token = self.low_rank.reconstruction_flops_per_token(model)
             flops = flops + (read * holds).sum(axis=1) * per_token
