@@ -10,21 +10,23 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
+from plotly.subplots import make_subplots
 
 #: Intensity range of the roofline chart, FLOP/byte.
 ROOFLINE_RANGE = (0.1, 1.0e4)
 
 
 def _layout(fig: go.Figure, title: str, x: str, y: str, **kwargs: object) -> go.Figure:
-    fig.update_layout(
-        title=title,
-        xaxis_title=x,
-        yaxis_title=y,
-        template="plotly_white",
-        legend={"orientation": "h", "yanchor": "bottom", "y": -0.35},
-        margin={"l": 60, "r": 20, "t": 50, "b": 40},
-        **kwargs,
-    )
+    """Title, axis titles and the shared look; ``kwargs`` add to or replace layout keys."""
+    layout: dict[str, object] = {
+        "title": title,
+        "xaxis_title": x,
+        "yaxis_title": y,
+        "template": "plotly_white",
+        "legend": {"orientation": "h", "yanchor": "bottom", "y": -0.35},
+        "margin": {"l": 60, "r": 20, "t": 50, "b": 40},
+    }
+    fig.update_layout(**(layout | kwargs))
     return fig
 
 
@@ -223,3 +225,132 @@ def with_host_tier(kv: go.Figure, host: pd.DataFrame) -> go.Figure:
     )
     fig.update_layout(showlegend=True)
     return fig
+
+
+def _pareto_trace(frame: pd.DataFrame, x: str, y: str, name: str) -> go.Scatter:
+    """The Pareto points of ``frame`` (column ``Pareto``) joined in order of ``x``."""
+    front = frame[frame["Pareto"]].sort_values(x)
+    return go.Scatter(
+        x=front[x],
+        y=front[y],
+        mode="lines+markers",
+        name=name,
+        text=front["label"],
+        marker={"size": 13, "symbol": "star", "color": "firebrick"},
+        line={"color": "firebrick", "dash": "dot"},
+        hovertemplate="%{text}<br>%{x:.4g}, %{y:.4g}<extra>%{fullData.name}</extra>",
+    )
+
+
+def plan_pareto_figure(ranked: pd.DataFrame, y: str, y_title: str) -> go.Figure:
+    """Fleet cost (USD/h) against ``y`` for the planner's feasible plans (columns of
+    :func:`app.planner_data.ranked_frame`), one marker colour per KV strategy; the planner's
+    Pareto set (over cost, latency and quality) is starred and joined in order of cost."""
+    frame = ranked.dropna(subset=["USD/h", y]).assign(
+        label=lambda f: (
+            f["accelerator"] + " tp=" + f["TP"].astype(str) + " × " + f["replicas"].astype(str)
+        )
+    )
+    fig = go.Figure()
+    for strategy, group in frame.groupby("KV strategy", sort=False):
+        fig.add_trace(
+            go.Scatter(
+                x=group["USD/h"],
+                y=group[y],
+                mode="markers",
+                name=str(strategy),
+                text=group["label"],
+                marker={"size": 9},
+                hovertemplate="%{text}<br>$%{x:.4g}/h, %{y:.4g}<extra>%{fullData.name}</extra>",
+            )
+        )
+    fig.add_trace(_pareto_trace(frame, "USD/h", y, "Pareto set"))
+    return _layout(fig, f"Cost vs {y_title}", "fleet cost (USD/h)", y_title)
+
+
+#: Panels of :func:`policy_bars_figure`: (column, panel title, scale to the axis unit).
+POLICY_PANELS = (
+    ("KV per request (MB)", "KV per request (MB)", 1.0),
+    ("output tokens/s", "output throughput (tokens/s)", 1.0),
+    ("TTFT p90 (s)", "TTFT p90 (ms)", 1e3),
+    ("TPOT p90 (s)", "TPOT p90 (ms)", 1e3),
+)
+
+
+def policy_bars_figure(frame: pd.DataFrame) -> go.Figure:
+    """One bar per strategy (column ``strategy``) in four panels: analytic KV bytes per
+    request, simulated output throughput, TTFT p90 and TPOT p90 (:data:`POLICY_PANELS`)."""
+    fig = make_subplots(rows=2, cols=2, subplot_titles=[title for _, title, _ in POLICY_PANELS])
+    for index, (column, title, scale) in enumerate(POLICY_PANELS):
+        values = pd.to_numeric(frame[column], errors="coerce") * scale
+        fig.add_trace(
+            go.Bar(
+                x=frame["strategy"],
+                y=values,
+                name=title,
+                hovertemplate="%{x}: %{y:.4g}<extra>" + title + "</extra>",
+            ),
+            row=index // 2 + 1,
+            col=index % 2 + 1,
+        )
+    fig.update_layout(showlegend=False, height=620)
+    return _layout(fig, "KV strategies on one workload", "", "")
+
+
+def policy_pareto_figure(frame: pd.DataFrame, x: str, x_title: str) -> go.Figure:
+    """Quality retained (value / full-KV baseline, from the quality table) against ``x`` for
+    the strategies whose quality is known (columns ``strategy``, ``quality retained``,
+    ``Pareto`` and ``x``); the Pareto set is starred and joined in order of ``x``. Those of
+    unknown quality cannot be placed and are named under the chart."""
+    known = frame.dropna(subset=["quality retained", x]).assign(label=lambda f: f["strategy"])
+    unknown = frame.loc[frame["quality retained"].isna(), "strategy"].tolist()
+    fig = go.Figure(
+        go.Scatter(
+            x=known[x],
+            y=known["quality retained"],
+            mode="markers+text",
+            text=known["label"],
+            textposition="top center",
+            marker={"size": 10},
+            name="strategy",
+            hovertemplate="%{text}<br>%{x:.4g}, retained %{y:.3f}<extra></extra>",
+        )
+    )
+    fig.add_trace(_pareto_trace(known, x, "quality retained", "Pareto set"))
+    if unknown:
+        fig.add_annotation(
+            text="quality unknown (not plotted): " + ", ".join(unknown),
+            xref="paper",
+            yref="paper",
+            x=0,
+            y=-0.28,
+            showarrow=False,
+            align="left",
+        )
+    return _layout(fig, f"Quality vs {x_title}", x_title, "quality retained (fraction of full KV)")
+
+
+def memory_plan_figure(parts: pd.DataFrame) -> go.Figure:
+    """One GPU's memory (columns ``part``, ``GB``) as one stacked horizontal bar."""
+    fig = go.Figure(
+        [
+            go.Bar(
+                x=[row["GB"]],
+                y=["per GPU"],
+                orientation="h",
+                name=row["part"],
+                hovertemplate="%{x:.3g} GB<extra>%{fullData.name}</extra>",
+            )
+            for _, row in parts.iterrows()
+        ]
+    )
+    fig.update_yaxes(showticklabels=False)
+    return _layout(
+        fig,
+        f"GPU memory plan ({parts['GB'].sum():.4g} GB)",
+        "GB",
+        "",
+        barmode="stack",
+        height=200,
+        margin={"l": 20, "r": 20, "t": 40, "b": 20},
+    )

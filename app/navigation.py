@@ -40,6 +40,13 @@ PAGES: tuple[PageSpec, ...] = (
         ("sim.run", "sim.policies"),
     ),
     PageSpec(
+        "pages/planner_page.py",
+        "Capacity planner",
+        ":material/calculate:",
+        "planner",
+        ("sim.plan",),
+    ),
+    PageSpec(
         "pages/traces_page.py",
         "Traces",
         ":material/timeline:",
@@ -47,6 +54,13 @@ PAGES: tuple[PageSpec, ...] = (
         ("workloads.traces", "workloads.stats", "workloads.synthetic"),
     ),
     PageSpec("pages/hardware_page.py", "Hardware & models", ":material/memory:", "hardware", ()),
+    PageSpec(
+        "pages/calibration_page.py",
+        "Calibration",
+        ":material/straighten:",
+        "calibration",
+        ("sim.calibration",),
+    ),
 )
 
 

@@ -15,6 +15,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Generic, TypeVar
 
 from sim.run import RunResult, load_workload, resolve, run_scenario
 from sim.scenario import Scenario
@@ -22,23 +23,25 @@ from sim.scenario import Scenario
 #: Progress callbacks fire at most every this many seconds (plus at 0 and at the end).
 PROGRESS_INTERVAL_S = 0.1
 
+T = TypeVar("T")
+
 
 @dataclass
-class RunCache:
-    """Most recently used results by scenario hash, at most ``maxsize`` of them."""
+class RunCache(Generic[T]):
+    """Most recently used results by key (a scenario or plan hash), at most ``maxsize``."""
 
     maxsize: int = 16
-    _items: OrderedDict[str, RunResult] = field(default_factory=OrderedDict, repr=False)
+    _items: OrderedDict[str, T] = field(default_factory=OrderedDict, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
-    def get(self, key: str) -> RunResult | None:
+    def get(self, key: str) -> T | None:
         with self._lock:
             result = self._items.get(key)
             if result is not None:
                 self._items.move_to_end(key)
             return result
 
-    def put(self, key: str, result: RunResult) -> None:
+    def put(self, key: str, result: T) -> None:
         with self._lock:
             self._items[key] = result
             self._items.move_to_end(key)
@@ -76,7 +79,7 @@ class _Progress:
 def run_cached(
     scenario: Scenario,
     key: str,
-    cache: RunCache,
+    cache: RunCache[RunResult],
     progress: Callable[[float], None] | None = None,
 ) -> tuple[RunResult, bool]:
     """The result of ``scenario`` (hash ``key``) and whether it came from ``cache``.

@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from app import toml_text
+from hardware import toml_write
 from hardware.errors import KvsimError
 from sim.scenario import apply_overrides
 from sim.scenarios import builtin_path
@@ -96,7 +96,7 @@ def encode_value(item: Any) -> str:
     bare strings where they cannot be mistaken for a TOML literal, else TOML literals."""
     if isinstance(item, str) and item and apply_overrides({}, [f"v={item}"])["v"] == item:
         return item
-    return toml_text.value(item)
+    return toml_write.value(item)
 
 
 def to_query(data: Mapping[str, Any], defaults: Mapping[str, Any]) -> dict[str, str]:
@@ -128,7 +128,7 @@ def from_query(params: Mapping[str, str], defaults: Mapping[str, Any]) -> dict[s
 # ---- TOML --------------------------------------------------------------------------------------
 def scenario_toml(data: Mapping[str, Any]) -> str:
     """The scenario as the TOML file ``kvsim run`` reads."""
-    return toml_text.dumps(data)
+    return toml_write.dumps(data)
 
 
 def parse_scenario_toml(data: bytes, name: str) -> dict[str, Any]:

@@ -1,10 +1,12 @@
-"""Streamlit helpers shared by the pages: user errors as messages, cached catalog reads."""
+"""Streamlit helpers shared by the pages: user errors as messages, cached catalog reads, the
+run cache."""
 
 from __future__ import annotations
 
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 import streamlit as st
 
@@ -13,6 +15,10 @@ from hardware.errors import KvsimError
 from hardware.specs import Accelerator, Link, MemoryTier
 from workloads.model import ModelSpec
 from workloads.model_catalog import list_models
+
+if TYPE_CHECKING:
+    from app.runner import RunCache
+    from sim.run import RunResult
 
 
 @contextmanager
@@ -48,3 +54,13 @@ def links() -> list[Link]:
 @st.cache_resource
 def models() -> list[ModelSpec]:
     return list_models()
+
+
+@st.cache_resource
+def run_cache() -> RunCache[RunResult]:
+    """Simulation results by scenario hash, shared by every page and session of the server
+    (a strategy on the Policies page and the same scenario on What-if are one run). Imported
+    here, not at the top, so pages without simulations do not need :mod:`sim.run`."""
+    from app.runner import RunCache
+
+    return RunCache(maxsize=32)

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from hardware import toml_write
 from hardware.errors import KvsimError
 
 #: GEMM shapes (m, n, k): decode-like skinny, prefill-like square, and FFN-like wide.
@@ -87,18 +88,23 @@ def _torch():
 
 
 def _measure(
-    run: Callable[[], None], sync: Callable[[], None], repeats: int, warmup: int = 2
+    run: Callable[[], None],
+    sync: Callable[[], None],
+    repeats: int,
+    warmup: int = 2,
+    timer: Callable[[], float] = time.perf_counter,
 ) -> list[float]:
-    """Wall seconds of ``repeats`` calls of ``run`` after ``warmup`` calls, synchronised."""
+    """Seconds by ``timer`` of ``repeats`` calls of ``run`` after ``warmup`` calls,
+    synchronised."""
     for _ in range(warmup):
         run()
     sync()
     times = []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start = timer()
         run()
         sync()
-        times.append(time.perf_counter() - start)
+        times.append(timer() - start)
     return times
 
 
@@ -114,8 +120,12 @@ def probe(
     quick: bool = False,
     repeats: int = 7,
     disk_dir: str | Path | None = None,
+    timer: Callable[[], float] = time.perf_counter,
 ) -> ProbeResult:
-    """Run the microbenchmarks on ``device`` (``cpu`` or ``cuda``) in ``dtype``."""
+    """Run the microbenchmarks on ``device`` (``cpu`` or ``cuda``) in ``dtype``. ``timer``
+    times the GEMM, copy and attention runs (calibration passes the thread's CPU clock on a
+    one-thread CPU run, so other processes' load does not deflate the peaks); disk
+    transfers are always timed by the wall clock, since waiting on I/O is their cost."""
     torch = _torch()
     if device not in ("cpu", "cuda"):
         raise KvsimError(f"unknown device {device!r}; expected cpu or cuda", field="device")
@@ -137,20 +147,20 @@ def probe(
     for m, n, k in QUICK_GEMM_SHAPES if quick else GEMM_SHAPES:
         a = torch.randn(m, k, device=dev, dtype=torch_dtype)
         b = torch.randn(k, n, device=dev, dtype=torch_dtype)
-        times = _measure(lambda a=a, b=b: torch.matmul(a, b), sync, repeats)
+        times = _measure(lambda a=a, b=b: torch.matmul(a, b), sync, repeats, timer=timer)
         gemm.append(GemmPoint(m, n, k, _rate(2.0 * m * n * k, times)))
 
     copy_bytes = (64 if quick else (1024 if device == "cuda" else 256)) * 2**20
     src = torch.empty(copy_bytes // 4, device=dev, dtype=torch.float32).uniform_()
     dst = torch.empty_like(src)
-    times = _measure(lambda: dst.copy_(src), sync, repeats)
+    times = _measure(lambda: dst.copy_(src), sync, repeats, timer=timer)
     memory_copy = _rate(2.0 * copy_bytes, times)  # a copy reads and writes every byte
 
     batch, heads, seq, head_dim = (1, 8, 512, 64) if quick else (4, 32, 2048, 128)
     q = torch.randn(batch, heads, seq, head_dim, device=dev, dtype=torch_dtype)
     kv = torch.randn(batch, heads, seq, head_dim, device=dev, dtype=torch_dtype)
     attention = torch.nn.functional.scaled_dot_product_attention
-    times = _measure(lambda: attention(q, kv, kv, is_causal=True), sync, repeats)
+    times = _measure(lambda: attention(q, kv, kv, is_causal=True), sync, repeats, timer=timer)
     # causal: QKᵀ and PV each cost 2·seq²/2·head_dim per head
     attention_rate = _rate(2.0 * batch * heads * seq * seq * head_dim, times)
 
@@ -306,18 +316,8 @@ def profile_toml(result: ProbeResult, profile_id: str, base=None) -> str:
             "host_link_fraction": 1.0,
         }
     efficiency["source"] = f"kvsim probe {result.date}"
-    lines = header + [""] + [f"{key} = {_toml_value(value)}" for key, value in body.items()]
+    lines = header + [""] + [f"{key} = {toml_write.value(value)}" for key, value in body.items()]
     lines += ["", "[efficiency]"] + [
-        f"{key} = {_toml_value(value)}" for key, value in efficiency.items()
+        f"{key} = {toml_write.value(value)}" for key, value in efficiency.items()
     ]
     return "\n".join(lines) + "\n"
-
-
-def _toml_value(value) -> str:
-    if isinstance(value, str):
-        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    return repr(float(value))

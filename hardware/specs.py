@@ -24,6 +24,12 @@ class Efficiency:
     over large shapes (~0.71 on H100/H200, 0.75 on A100), NVIDIA's own estimator's HBM derate
     (0.8, aiconfigurator), NCCL all-reduce bus bandwidth (~0.75 of link), pinned PCIe copies
     (~0.8), FlashAttention-3's 75% of peak for attention. Calibration writes fitted values.
+
+    ``decode_attention_fraction`` is the achieved fraction of peak of single-query (decode)
+    attention, which kernels run far less efficiently than many-query prefill attention
+    (Flash-Decoding, Dao et al. 2023, exists for that reason; on a CPU PyTorch's fused kernel
+    reaches a few percent of peak with one query). ``None`` means the same as
+    ``attention_fraction``. On GPUs decode attention is bound by KV reads, so it rarely binds.
     """
 
     gemm_fraction: float = 0.7
@@ -34,6 +40,7 @@ class Efficiency:
     step_overhead_s: float = 3.0e-4
     layer_overhead_s: float = 0.0
     source: str = "defaults from reference/hardware.md §2.4"
+    decode_attention_fraction: float | None = None
 
     def __post_init__(self) -> None:
         for name in (
@@ -46,6 +53,11 @@ class Efficiency:
             value = getattr(self, name)
             if not 0.0 < value <= 1.0:
                 raise KvsimError(f"must be in (0, 1], got {value}", field=f"efficiency.{name}")
+        decode = self.decode_attention_fraction
+        if decode is not None and not 0.0 < decode <= 1.0:
+            raise KvsimError(
+                f"must be in (0, 1], got {decode}", field="efficiency.decode_attention_fraction"
+            )
         for name in ("step_overhead_s", "layer_overhead_s"):
             if getattr(self, name) < 0:
                 raise KvsimError(

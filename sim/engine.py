@@ -34,13 +34,20 @@ per-request records are identical either way (``tests/test_engine_cases.py``,
 prefill replica (which emits its first token), its KV (``prompt_tokens ×
 kv_bytes_per_token``) crosses that replica's :class:`~sim.transfer.SharedLink`, and it
 decodes on a decode replica chosen by the router when the transfer starts.
+
+**Tiered KV store.** A step whose admissions hit prefix blocks in a lower tier
+(:attr:`StepPlan.loaded_blocks`, :mod:`sim.kv.tiers`) starts one transfer per tier on that
+tier's :class:`~sim.transfer.SharedLink` when it starts (a remote tier's link is shared by
+all replicas, so their loads contend). With prefetch the load runs layer by layer under the
+step's compute and the step ends at ``max(compute end, load landed)``; without, it computes
+after the load lands. The exposed load time is reported as the step's ``transfer_s``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from collections.abc import Sequence as SequenceOf
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import simpy
@@ -93,6 +100,51 @@ def duration_ns(seconds: float | np.ndarray) -> int | np.ndarray:
     if isinstance(seconds, np.ndarray):
         return np.maximum(np.rint(seconds * NS).astype(np.int64), 1)
     return max(round(seconds * NS), 1)  # round half to even, like np.rint
+
+
+class _LinkEvents:
+    """The completions of a :class:`~sim.transfer.SharedLink`'s transfers as simpy events:
+    one wake-up at the link's next completion, re-armed whenever a transfer starts or ends
+    (an older wake-up becomes stale)."""
+
+    def __init__(self, env: simpy.Environment, link: SharedLink) -> None:
+        self.env = env
+        self.link = link
+        self._done: dict[int, Event] = {}
+        self._next_id = 0
+        self._wake: Event | None = None
+        self._due = -1
+
+    def transfer(self, nbytes: float) -> Event:
+        """Start sending ``nbytes`` now; the event fires (``COMMIT`` priority) when it lands."""
+        key = self._next_id
+        self._next_id += 1
+        done = Event(self.env)
+        self._done[key] = done
+        self.link.start(key, nbytes, self.env.now / NS)
+        self._arm()
+        return done
+
+    def _arm(self) -> None:
+        due_s = self.link.next_completion_s()
+        if due_s is None:
+            self._wake, self._due = None, -1
+            return
+        now = self.env.now
+        due = max(int(np.ceil(due_s * NS)), now)
+        if self._due == due and self._wake is not None:
+            return
+        wake = _Mark(self.env, due - now, ARRIVAL)
+        wake.callbacks.append(self._fired)
+        self._wake, self._due = wake, due
+
+    def _fired(self, event: Event) -> None:
+        if event is not self._wake:
+            return
+        self._wake, self._due = None, -1
+        for key in self.link.finish(self.env.now / NS):
+            _fire(self._done.pop(key), COMMIT)
+        self._arm()
 
 
 @dataclass
@@ -153,6 +205,11 @@ class EngineConfig:
     links: tuple[SharedLink, ...] = ()
     kv_bytes_per_token: float = 0.0
     stretch_limit: int = STRETCH_LIMIT
+    #: Per replica, one link per tier of its tiered KV store, fastest tier first (empty: no
+    #: store); a remote tier's link is one object shared by every replica.
+    tier_links: tuple[tuple[SharedLink, ...], ...] = ()
+    #: Whether tier loads overlap the step's compute layer by layer (prefetch) or precede it.
+    tier_prefetch: bool = True
 
 
 class Engine:
@@ -191,7 +248,14 @@ class Engine:
         self._link_due_ns: list[int] = [-1] * len(config.links)
         spec = config.router
         self._sync_routing = spec.needs_kv_load or spec.needs_prefix_hits
-        self._swap_tracking = any(s.config.preemption == "swap" for s in schedulers)
+        self._swap_tracking = any(s.config.preemption != "recompute" for s in schedulers)
+        #: Session affinity: (pool role, session id) -> replica index of its last turn.
+        self._sessions: dict[tuple[str, int], int] = {}
+        drivers: dict[int, _LinkEvents] = {}
+        self._tier_links = [
+            tuple(drivers.setdefault(id(link), _LinkEvents(self.env, link)) for link in links)
+            for links in config.tier_links
+        ]
 
     # ---- running -------------------------------------------------------------------------
     def run(self) -> tuple[RequestRecords, StepRecords]:
@@ -236,6 +300,7 @@ class Engine:
             prompt_tokens=int(w.prompt_tokens[index]),
             output_tokens=int(w.output_tokens[index]),
             priority=int(w.priority[index]),
+            session_id=int(w.session_id[index]),
         )
         if self.config.prefix_caching and w.has_prefixes:
             seq.block_hashes = engine_block_hashes(
@@ -246,11 +311,12 @@ class Engine:
             )
         return seq
 
-    def _route(self, pool: list[_Replica], hashes: np.ndarray | None) -> _Replica:
+    def _route(self, pool: list[_Replica], seq: Sequence, hashes: np.ndarray | None) -> _Replica:
         if len(pool) == 1:
             return pool[0]
         spec = self.config.router
-        outstanding = kv_load = hits = None
+        outstanding = kv_load = hits = backlog = None
+        sticky = -1
         if spec.needs_kv_load or spec.needs_prefix_hits:
             now = self.env.now
             for replica in pool:
@@ -263,8 +329,32 @@ class Engine:
             hits = np.array(
                 [r.scheduler.pool.match_prefix(hashes) if hashes is not None else 0 for r in pool]
             )
-        position = choose(spec, self._routed, len(pool), outstanding, kv_load, hits)
+        if spec.needs_backlog:
+            backlog = np.array(
+                [
+                    r.scheduler.prefill_backlog_tokens
+                    + sum(ReplicaScheduler.prefill_left(s) for s, _ in r.pending)
+                    for r in pool
+                ]
+            )
+        session = (pool[0].role, seq.session_id)
+        if spec.needs_session and seq.session_id >= 0 and session in self._sessions:
+            sticky = [r.index for r in pool].index(self._sessions[session])
+        position = choose(
+            spec,
+            self._routed,
+            len(pool),
+            outstanding,
+            kv_load,
+            hits,
+            backlog,
+            seq.prompt_tokens,
+            self.config.block_tokens,
+            sticky,
+        )
         self._routed += 1
+        if spec.needs_session and seq.session_id >= 0:
+            self._sessions[session] = pool[position].index
         return pool[position]
 
     def _admit(self, index: int) -> None:
@@ -276,7 +366,7 @@ class Engine:
                 self._progress(1)
                 return
             seq.output_tokens = 1  # the prefill replica emits the first token only
-        replica = self._route(self.entry, seq.block_hashes)
+        replica = self._route(self.entry, seq, seq.block_hashes)
         self.records.replica[index] = replica.index
         self._enqueue(replica, seq, transferred=False)
 
@@ -342,7 +432,11 @@ class Engine:
                     continue
                 result = executor.step(plan)
                 duration = duration_ns(result.duration_s)
-                yield _Mark(env, duration, COMMIT)
+                if plan.loaded_blocks:
+                    result = yield from self._load_tiers(replica, plan, result, start, duration)
+                    duration = env.now - start
+                else:
+                    yield _Mark(env, duration, COMMIT)
                 finished = scheduler.commit(plan, env.now / NS)
                 self._step_row(replica, plan, result, start, duration, 1, len(finished))
                 self._finish(replica, finished)
@@ -388,6 +482,32 @@ class Engine:
             replica.pending.clear()
             replica.probe = False
             yield _Mark(env, 0, SCHEDULE)
+
+    def _load_tiers(
+        self, replica: _Replica, plan: StepPlan, result: StepResult, start: int, compute: int
+    ):
+        """Run a step of ``compute`` ns whose admissions load blocks from lower tiers: one
+        transfer per tier on its link, overlapped with the compute (prefetch) or before it;
+        return the step's result with the exposed load time as transfer."""
+        env = self.env
+        block_bytes = self.config.block_tokens * self.config.kv_bytes_per_token
+        links = self._tier_links[replica.index]
+        landed = [
+            link.transfer(blocks * block_bytes)
+            for link, blocks in zip(links, plan.loaded_blocks, strict=True)
+            if blocks
+        ]
+        for event in landed:
+            if not event.processed:
+                yield event
+        end = max(start + compute, env.now) if self.config.tier_prefetch else env.now + compute
+        yield _Mark(env, end - env.now, COMMIT)
+        exposed = (env.now - start - compute) / NS
+        return replace(
+            result,
+            duration_s=(env.now - start) / NS,
+            transfer_s=result.transfer_s + exposed,
+        )
 
     @staticmethod
     def _without_finishing_step(scheduler: ReplicaScheduler, steps: int) -> int:
@@ -511,7 +631,7 @@ class Engine:
     def _hand_off(self, replica: _Replica, seq: Sequence) -> None:
         now = self.env.now
         index = seq.index
-        target = self._route(self.decoders, None)
+        target = self._route(self.decoders, seq, None)
         self._handoffs[index] = _Handoff(
             decode_replica=target.index,
             first_token_s=seq.first_token_s,

@@ -25,7 +25,9 @@ from hardware.errors import KvsimError
 
 if TYPE_CHECKING:
     from sim.cost import CostModel
+    from sim.cost.batch import BatchShape
     from sim.policies.footprint import KvFootprint
+    from sim.policies.offload import OffloadedKv
     from sim.scheduler import StepPlan
 
 
@@ -69,7 +71,13 @@ class CostModelExecutor:
     work choosing them), each decode sequence reads
     :meth:`~sim.policies.footprint.KvFootprint.decode_read_tokens` tokens and the step adds
     the policies' FLOPs: per decode sequence per step, and once per sequence in the step
-    that completes its prompt."""
+    that completes its prompt.
+
+    With ``offload`` (a static KV placement, :mod:`sim.policies.offload`: FlexGen, selective
+    fetch), the offloaded share of the KV each step's attention touches is fetched or
+    computed off the GPU, overlapped with the layers (``BatchShape.overlapped_transfer_s``);
+    decode reads count the tokens the selection policy reads, so with selective fetch only
+    those cross the link."""
 
     supports_stretch = True
 
@@ -78,6 +86,7 @@ class CostModelExecutor:
         cost_model: CostModel,
         kv_bytes_per_token: float = 0.0,
         footprint: KvFootprint | None = None,
+        offload: OffloadedKv | None = None,
     ) -> None:
         if kv_bytes_per_token < 0:
             raise KvsimError(f"must be >= 0, got {kv_bytes_per_token}", field="kv_bytes_per_token")
@@ -87,6 +96,7 @@ class CostModelExecutor:
             not footprint.reads_context or footprint.has_extra_flops
         )
         self.footprint = footprint if active else None
+        self.offload = offload
 
     def _decode_prompts(self, plan: StepPlan) -> np.ndarray:
         return np.fromiter(
@@ -116,6 +126,8 @@ class CostModelExecutor:
                     footprint.decode_extra_flops(plan.decode_context, prompts).sum()
                     + footprint.prefill_extra_flops(completing).sum()
                 )
+        if self.offload is not None:
+            self._offload_step(batch, changes)
         if changes:
             from dataclasses import replace
 
@@ -130,9 +142,25 @@ class CostModelExecutor:
             overhead_s=cost.overhead_s,
         )
 
+    def _offload_step(self, batch: BatchShape, changes: dict[str, object]) -> None:
+        """Price the offloaded KV of one step: decode reads (the selection's), and prefill
+        chunks' cached-context reads and new-token writes; under CPU attention the GPU's
+        kernel reads only its own share."""
+        offload = self.offload
+        assert offload is not None
+        read = changes.get("decode_read_tokens", batch.decode_context)
+        assert isinstance(read, np.ndarray)
+        touched = float(read.sum() + batch.prefill_tokens.sum() + batch.prefill_context.sum())
+        changes["overlapped_transfer_s"] = offload.step_s(touched)
+        share = offload.placement.gpu_read_fraction()
+        if share < 1 and read.size:
+            changes["decode_read_tokens"] = read * share
+
     def decode_stretch(self, plan: StepPlan, steps: int) -> np.ndarray:
         contexts = plan.decode_context
         footprint = self.footprint
+        if self.offload is not None and contexts.size:
+            return self._offload_stretch(plan, steps)
         if footprint is None or not contexts.size:
             return self.cost_model.decode_stretch(contexts, steps)
         grid = contexts[None, :] + np.arange(steps)[:, None]
@@ -144,6 +172,34 @@ class CostModelExecutor:
             flops = footprint.decode_extra_flops(grid.reshape(-1), prompts)
             flops = flops.reshape(grid.shape).sum(axis=1)
         return self.cost_model.decode_stretch(contexts, steps, read_tokens=read, policy_flops=flops)
+
+    def _offload_stretch(self, plan: StepPlan, steps: int) -> np.ndarray:
+        """:meth:`decode_stretch` under a KV placement: the same per-step terms as
+        :meth:`step`, for every step of the stretch at once."""
+        offload = self.offload
+        assert offload is not None
+        contexts = plan.decode_context
+        grid = contexts[None, :] + np.arange(steps)[:, None]
+        footprint = self.footprint
+        read = grid.astype(np.float64)
+        flops = None
+        selected = footprint is not None and not footprint.reads_context
+        if footprint is not None:
+            prompts = np.broadcast_to(self._decode_prompts(plan), grid.shape).reshape(-1)
+            if selected:
+                read = footprint.decode_read_tokens(grid.reshape(-1), prompts).reshape(grid.shape)
+            if footprint.has_extra_flops:
+                flops = footprint.decode_extra_flops(grid.reshape(-1), prompts)
+                flops = flops.reshape(grid.shape).sum(axis=1)
+        overlapped = offload.step_s(read.sum(axis=1))
+        share = offload.placement.gpu_read_fraction()
+        return self.cost_model.decode_stretch(
+            contexts,
+            steps,
+            read_tokens=read * share if share < 1 or selected else None,
+            policy_flops=flops,
+            overlapped_transfer_s=overlapped,
+        )
 
 
 class FixedStepExecutor:

@@ -14,6 +14,9 @@
 * Utilisation: fraction of the makespan replicas spent running steps, averaged over replicas.
 * Cost: accelerator price × GPUs gives USD/hour; USD per million output tokens = USD/hour ×
   makespan (h) / output tokens × 10⁶.
+* Priority classes (:class:`SloClass`, needs a ``priority`` column): per class, request
+  counts, TTFT/TPOT/E2E p90 and SLO attainment against the class's own targets
+  (:func:`class_summary`, ``docs/scheduling.md``).
 """
 
 from __future__ import annotations
@@ -24,12 +27,35 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from hardware.errors import KvsimError
+
 PERCENTILES = (50, 90, 99)
 
 
 @dataclass(frozen=True)
+class SloClass:
+    """A priority class with its own SLO: requests whose workload ``priority`` equals
+    ``priority``, with per-request targets in seconds (``None``: not bounded)."""
+
+    name: str
+    priority: int
+    ttft_p90_s: float | None = None
+    tpot_p90_s: float | None = None
+    e2e_p90_s: float | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.priority, bool) or not isinstance(self.priority, int):
+            raise KvsimError(f"must be an integer, got {self.priority!r}", field="priority")
+        for name in ("ttft_p90_s", "tpot_p90_s", "e2e_p90_s"):
+            value = getattr(self, name)
+            if value is not None and not (value > 0 and math.isfinite(value)):
+                raise KvsimError(f"must be > 0, got {value}", field=name)
+
+
+@dataclass(frozen=True)
 class MetricsContext:
-    """What the records alone do not say: cluster size, prices, KV block size, SLOs."""
+    """What the records alone do not say: cluster size, prices, KV block size, SLOs
+    (run-wide, and per priority class)."""
 
     replicas: int = 1
     num_gpus: int = 1
@@ -39,6 +65,7 @@ class MetricsContext:
     ttft_slo_s: float | None = None
     tpot_slo_s: float | None = None
     e2e_slo_s: float | None = None
+    classes: tuple[SloClass, ...] = ()
 
 
 def completed(requests: pd.DataFrame) -> pd.DataFrame:
@@ -182,6 +209,38 @@ def cost(span_s: float, output_tokens: int, ctx: MetricsContext) -> dict[str, fl
     return {"usd_per_hour": per_hour, "usd_per_m_output_tokens": per_m}
 
 
+def class_summary(requests: pd.DataFrame, slo: SloClass) -> dict:
+    """``class_<name>_*`` metrics of the requests with ``slo.priority``: counts
+    (``requests``, ``completed``, ``rejected``), TTFT/TPOT/E2E p90 over the finished ones,
+    ``slo_attainment`` (finished requests meeting each of the class's targets over all the
+    class's requests, rejected ones included: DistServe's attainment, per class) and
+    ``slo_met`` (each p90 within its target; ``None`` without targets)."""
+    rows = requests[requests["priority"] == slo.priority]
+    done = completed(rows)
+    prefix = f"class_{slo.name}_"
+    out: dict[str, float | int | bool | None] = {
+        f"{prefix}requests": len(rows),
+        f"{prefix}completed": len(done),
+        f"{prefix}rejected": int((rows["status"] == "rejected").sum()),
+    }
+    p90 = {name: percentiles(done[f"{name}_s"], (90,))[90] for name in ("ttft", "tpot", "e2e")}
+    for name, value in p90.items():
+        out[f"{prefix}{name}_p90_s"] = value
+    targets = MetricsContext(
+        ttft_slo_s=slo.ttft_p90_s, tpot_slo_s=slo.tpot_p90_s, e2e_slo_s=slo.e2e_p90_s
+    )
+    met = slo_met_mask(rows, targets)
+    out[f"{prefix}slo_attainment"] = float(met.sum() / len(rows)) if len(rows) else math.nan
+    limits = {"ttft": slo.ttft_p90_s, "tpot": slo.tpot_p90_s, "e2e": slo.e2e_p90_s}
+    if any(v is not None for v in limits.values()):
+        out[f"{prefix}slo_met"] = all(
+            limit is None or not p90[name] > limit for name, limit in limits.items()
+        )
+    else:
+        out[f"{prefix}slo_met"] = None
+    return out
+
+
 def summarize(requests: pd.DataFrame, steps: pd.DataFrame, ctx: MetricsContext) -> dict:
     """The run's headline numbers (JSON-ready: floats, ints, ``None`` for undefined)."""
     done = completed(requests)
@@ -227,4 +286,6 @@ def summarize(requests: pd.DataFrame, steps: pd.DataFrame, ctx: MetricsContext) 
     out["steps"] = int(steps["steps"].sum())
     out["step_rows"] = len(steps)
     out.update(cost(span, output, ctx))
+    for item in ctx.classes:
+        out.update(class_summary(requests, item))
     return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in out.items()}

@@ -26,21 +26,35 @@ from pathlib import Path
 from typing import Any
 
 from hardware.errors import KvsimError
+from sim.metrics import SloClass
 from sim.policies.compose import STRATEGY_KINDS, KvStrategy
-from sim.policies.registry import policy_from_table
+from sim.policies.registry import policy_class, policy_from_table
+from sim.router import ROUTER_PARAMS, RouterSpec, router_spec
+from sim.router import ROUTERS as _ROUTER_SPECS
+from sim.scheduling import ADMISSION_MODES, QueuePolicy, queue_policy
+from workloads.model import ModelSpec
 from workloads.workload import Workload
 
 #: Router names :mod:`sim.router` implements.
-ROUTERS = ("round_robin", "least_outstanding", "least_kv_load", "prefix_affinity")
-#: Preemption modes of the scheduler (vLLM's recompute and swap).
-PREEMPTION_MODES = ("recompute", "swap")
+ROUTERS = tuple(_ROUTER_SPECS)
+#: Preemption modes of the scheduler: vLLM's recompute and swap, and the cheaper of the two
+#: per victim (:mod:`sim.scheduling`).
+PREEMPTION_MODES = ("recompute", "swap", "cost")
+#: ``[scheduler]`` keys that set a queue policy's parameter: key -> (policy, parameter).
+QUEUE_POLICY_KEYS = {
+    "length_predictor": ("sjf", "predictor"),
+    "predictor_sigma": ("sjf", "sigma"),
+    "lpm_fcfs_threshold": ("lpm", "fcfs_threshold"),
+    "fair_input_weight": ("fair", "input_weight"),
+    "fair_output_weight": ("fair", "output_weight"),
+}
 #: Prefix-cache index kinds: vLLM's block-hash table, SGLang's radix tree.
 PREFIX_CACHE_KINDS = ("hash", "radix")
 #: Plain KV storage dtypes among the quantization policies (no parameters needed).
 KV_DTYPE_QUANTIZATIONS = ("fp16", "bf16", "fp8", "int8", "int4")
-#: Policy kinds whose tables a scenario may hold: the prefix cache, and the kinds of a
-#: :class:`~sim.policies.KvStrategy`.
-POLICY_KINDS = ("prefix_cache", "selection", "quantization", "low_rank", "merging")
+#: Policy kinds whose tables a scenario may hold: the prefix cache, the kinds of a
+#: :class:`~sim.policies.KvStrategy`, and where KV lives below HBM (``offload``).
+POLICY_KINDS = ("prefix_cache", "selection", "quantization", "low_rank", "merging", "offload")
 #: Keys whose values are file paths, resolved against the scenario file's folder.
 PATH_KEYS = ("model.config", "workload.trace")
 
@@ -49,16 +63,35 @@ PATH_KEYS = ("model.config", "workload.trace")
 @dataclass(frozen=True)
 class ModelConfig:
     """``[model]``: a catalog id (``name``) or a Hugging Face ``config.json`` path
-    (``config``), and the dtypes of weights and tensor-core compute."""
+    (``config``), the dtypes of weights and tensor-core compute, and an optional
+    ``architecture`` transform ("what if this model used GQA-2 / MLA / CLA-2":
+    ``gqa<g>``, ``mqa``, ``mla[<rank>]``, ``cla<f>``, chained with ``+``;
+    :func:`sim.policies.transform_model`)."""
 
     name: str | None = None
     config: str | None = None
     weight_dtype: str = "bf16"
     compute_dtype: str = "bf16"
+    architecture: str | None = None
 
     def __post_init__(self) -> None:
         if (self.name is None) == (self.config is None):
             raise KvsimError("give exactly one of model.name or model.config", field="model")
+
+    def spec(self) -> ModelSpec:
+        """The catalog (or config.json) model with the ``architecture`` transform applied."""
+        from sim.policies.architecture import transform_model
+        from workloads.model_catalog import get_model
+
+        model = get_model(self.ref)
+        if self.architecture is None:
+            return model
+        try:
+            return transform_model(model, self.architecture)
+        except KvsimError as err:
+            raise KvsimError(
+                f"{err.message} (transform {self.architecture!r} of {model.id})"
+            ) from None
 
     @property
     def ref(self) -> str:
@@ -70,7 +103,9 @@ class ModelConfig:
 class HardwareConfig:
     """``[hardware]``: ``replicas`` copies of a ``tp × pp`` group of ``accelerator``, using
     ``gpu_memory_fraction`` of each GPU (vLLM's ``gpu_memory_utilization``); optional host and
-    disk KV tiers (catalog ids); ``price_usd_per_hour`` overrides the catalog price per GPU."""
+    disk KV tiers (catalog ids) used by ``[policies.offload]``, with the bytes of each one
+    replica may fill (``*_capacity_bytes``, default the catalog capacity);
+    ``price_usd_per_hour`` overrides the catalog price per GPU."""
 
     accelerator: str
     tp: int = 1
@@ -79,11 +114,21 @@ class HardwareConfig:
     gpu_memory_fraction: float = 0.9
     host_memory_tier: str | None = None
     disk_tier: str | None = None
+    host_memory_capacity_bytes: int | None = None
+    disk_capacity_bytes: int | None = None
     price_usd_per_hour: float | None = None
 
     def __post_init__(self) -> None:
         for name in ("tp", "pp", "replicas"):
             _positive(getattr(self, name), f"hardware.{name}")
+        for name, tier in (
+            ("host_memory_capacity_bytes", "host_memory_tier"),
+            ("disk_capacity_bytes", "disk_tier"),
+        ):
+            if getattr(self, name) is not None:
+                _positive(getattr(self, name), f"hardware.{name}")
+                if getattr(self, tier) is None:
+                    raise KvsimError(f"needs hardware.{tier}", field=f"hardware.{name}")
         if not 0.0 < self.gpu_memory_fraction <= 1.0:
             raise KvsimError(
                 f"must be in (0, 1], got {self.gpu_memory_fraction}",
@@ -131,7 +176,10 @@ class WorkloadConfig:
 @dataclass(frozen=True)
 class SchedulerSection:
     """``[scheduler]``: vLLM's iteration-level limits. ``max_model_len`` defaults to the
-    model's context length."""
+    model's context length. ``policy`` orders the waiting queue (a registered ``scheduler``
+    policy of :mod:`sim.scheduling`; its parameters are the keys of :data:`QUEUE_POLICY_KEYS`, each allowed only with its
+    policy), ``admission`` is ``none`` or ``reject`` (refuse requests whose TTFT SLO cannot
+    be met), ``preemption`` one of :data:`PREEMPTION_MODES` (``docs/scheduling.md``)."""
 
     max_num_seqs: int = 256
     max_batched_tokens: int = 8192
@@ -139,17 +187,54 @@ class SchedulerSection:
     block_tokens: int = 16
     preemption: str = "recompute"
     max_model_len: int | None = None
+    policy: str = "fcfs"
+    length_predictor: str | None = None
+    predictor_sigma: float | None = None
+    lpm_fcfs_threshold: int | None = None
+    fair_input_weight: float | None = None
+    fair_output_weight: float | None = None
+    admission: str = "none"
 
     def __post_init__(self) -> None:
         for name in ("max_num_seqs", "max_batched_tokens", "block_tokens"):
             _positive(getattr(self, name), f"scheduler.{name}")
         if self.max_model_len is not None:
             _positive(self.max_model_len, "scheduler.max_model_len")
-        if self.preemption not in PREEMPTION_MODES:
-            raise KvsimError(
-                f"must be one of {', '.join(PREEMPTION_MODES)}, got {self.preemption!r}",
-                field="scheduler.preemption",
-            )
+        for name, options in (
+            ("preemption", PREEMPTION_MODES),
+            ("admission", ADMISSION_MODES),
+        ):
+            if getattr(self, name) not in options:
+                raise KvsimError(
+                    f"must be one of {', '.join(options)}, got {getattr(self, name)!r}",
+                    field=f"scheduler.{name}",
+                )
+        self.queue_policy()
+
+    def queue_policy(self) -> QueuePolicy:
+        """The ``policy`` with its parameters; a parameter key of another policy is an
+        error naming it."""
+        try:
+            policy_class("scheduler", self.policy)
+        except KvsimError as err:
+            raise KvsimError(err.message, field="scheduler.policy") from None
+        params = {}
+        for key, (policy, param) in QUEUE_POLICY_KEYS.items():
+            value = getattr(self, key)
+            if value is None:
+                continue
+            if policy != self.policy:
+                raise KvsimError(
+                    f"applies to policy = {policy!r}, not {self.policy!r}",
+                    field=f"scheduler.{key}",
+                )
+            params[param] = value
+        try:
+            return queue_policy(self.policy, **params)
+        except KvsimError as err:
+            keys = {param: key for key, (_, param) in QUEUE_POLICY_KEYS.items()}
+            field = err.field.rpartition(".")[2] if err.field else ""
+            raise KvsimError(err.message, field=f"scheduler.{keys.get(field, 'policy')}") from None
 
 
 @dataclass(frozen=True)
@@ -175,19 +260,38 @@ class SloConfig:
     ttft_p90_s: float | None = None
     tpot_p90_s: float | None = None
     e2e_p90_s: float | None = None
+    #: Priority classes with their own targets (``[slo.classes.<name>]`` tables with a
+    #: ``priority`` and any of the three targets); per-class metrics, admission control.
+    classes: tuple[SloClass, ...] = ()
 
     def __post_init__(self) -> None:
-        for item in dataclasses.fields(self):
-            value = getattr(self, item.name)
+        for name in ("ttft_p90_s", "tpot_p90_s", "e2e_p90_s"):
+            value = getattr(self, name)
             if value is not None and not value > 0:
-                raise KvsimError(f"must be > 0, got {value}", field=f"slo.{item.name}")
+                raise KvsimError(f"must be > 0, got {value}", field=f"slo.{name}")
+        seen: dict[int, str] = {}
+        for item in self.classes:
+            if item.priority in seen:
+                raise KvsimError(
+                    f"priority {item.priority} is already class {seen[item.priority]!r}",
+                    field=f"slo.classes.{item.name}.priority",
+                )
+            seen[item.priority] = item.name
+
+    def ttft_targets_s(self) -> dict[int, float]:
+        """Each class's TTFT target by priority (classes without one left out)."""
+        return {c.priority: c.ttft_p90_s for c in self.classes if c.ttft_p90_s is not None}
 
 
 @dataclass(frozen=True)
 class RouterConfig:
-    """``[router]``: how the cluster picks a replica for each request (:mod:`sim.router`)."""
+    """``[router]``: how the cluster picks a replica for each request (:mod:`sim.router`);
+    ``balance_abs_threshold`` / ``balance_rel_threshold`` tune ``session_affinity``'s
+    overload test (only with that router)."""
 
     name: str = "round_robin"
+    balance_abs_threshold: int | None = None
+    balance_rel_threshold: float | None = None
 
     def __post_init__(self) -> None:
         if self.name not in ROUTERS:
@@ -195,6 +299,22 @@ class RouterConfig:
                 f"unknown router {self.name!r}; expected one of {', '.join(ROUTERS)}",
                 field="router.name",
             )
+        self.spec()
+
+    def spec(self) -> RouterSpec:
+        """The router with its parameters (:func:`sim.router.router_spec`)."""
+        params = {
+            key: getattr(self, key)
+            for key in ("balance_abs_threshold", "balance_rel_threshold")
+            if getattr(self, key) is not None
+        }
+        for key in params:
+            if key not in ROUTER_PARAMS.get(self.name, ()):
+                raise KvsimError(
+                    f"applies to name = 'session_affinity', not {self.name!r}",
+                    field=f"router.{key}",
+                )
+        return router_spec(self.name, **params)
 
 
 @dataclass(frozen=True)
@@ -243,6 +363,7 @@ class Scenario:
         for policy in self.policies:
             _check_policy(policy)
         _strategy(self.policies)
+        self._check_offload()
         split = self.disaggregation
         if split is not None:
             total = split.prefill_replicas + split.decode_replicas
@@ -252,6 +373,25 @@ class Scenario:
                     f"{split.prefill_replicas} + {split.decode_replicas} replicas",
                     field="hardware.replicas",
                 )
+
+    def _check_offload(self) -> None:
+        """An offload policy needs the tiers it uses; the prefix store needs hash prefix
+        caching; neither runs under disaggregation."""
+        offload = self.offload_policy()
+        if offload is None:
+            return
+        offload.check_tiers(self.hardware.host_memory_tier, self.hardware.disk_tier)
+        if offload.name == "prefix_store" and self.prefix_caching != "hash":
+            raise KvsimError(
+                "prefix_store extends the hash prefix cache: set [policies.prefix_cache] "
+                'enabled = true, kind = "hash"',
+                field="policies.offload.name",
+            )
+        if self.disaggregation is not None:
+            raise KvsimError(
+                "offload policies are not supported with disaggregation",
+                field="policies.offload.name",
+            )
 
     # ---- construction --------------------------------------------------------------------
     @classmethod
@@ -271,6 +411,11 @@ class Scenario:
             section = getattr(self, key)
             if section is not None:
                 out[key] = _section_dict(section)
+        classes = out["slo"].pop("classes", ())
+        if classes:
+            out["slo"]["classes"] = {
+                c.name: {k: v for k, v in _section_dict(c).items() if k != "name"} for c in classes
+            }
         workload = _section_dict(self.workload)
         workload.pop("inline", None)
         if self.workload.synthetic is not None:
@@ -298,6 +443,13 @@ class Scenario:
             if item.kind == kind:
                 return item
         return None
+
+    def offload_policy(self) -> Any:
+        """The ``[policies.offload]`` policy object (:mod:`sim.policies.offload`), or None."""
+        table = self.policy("offload")
+        if table is None:
+            return None
+        return policy_from_table("offload", {"name": table.name, **_thaw_table(table.params)})
 
     @property
     def kv_dtype(self) -> str:
@@ -538,6 +690,9 @@ def _section(ctx: _Context, key: str, table: Mapping[str, Any], cls: type) -> An
                 raise ctx.error(dotted, f"must be a table, got {type(value).__name__}")
             kwargs[name] = _freeze_table(value)
             continue
+        if key == "slo" and name == "classes":
+            kwargs[name] = _slo_classes(ctx, value)
+            continue
         kwargs[name] = _check_type(ctx, dotted, value, cls, hints[name])
     missing = [
         f.name
@@ -552,6 +707,32 @@ def _section(ctx: _Context, key: str, table: Mapping[str, Any], cls: type) -> An
         return cls(**kwargs)
     except KvsimError as err:
         raise ctx.error(err.field or key, err.message) from None
+
+
+def _slo_classes(ctx: _Context, table: Any) -> tuple[SloClass, ...]:
+    """``[slo.classes.<name>]`` tables -> :class:`~sim.metrics.SloClass` objects, sorted by
+    priority (most important first)."""
+    if not isinstance(table, Mapping):
+        raise ctx.error("slo.classes", f"must be a table of tables, got {type(table).__name__}")
+    out = []
+    for name, body in table.items():
+        dotted = f"slo.classes.{name}"
+        if not isinstance(body, Mapping):
+            raise ctx.error(dotted, f"must be a table, got {type(body).__name__}")
+        keys = [f.name for f in dataclasses.fields(SloClass) if f.name != "name"]
+        hints = typing.get_type_hints(SloClass)
+        kwargs: dict[str, Any] = {"name": str(name)}
+        for key, value in body.items():
+            if key not in keys:
+                raise ctx.unknown(f"{dotted}.{key}", keys)
+            kwargs[key] = _check_type(ctx, f"{dotted}.{key}", value, SloClass, hints[key])
+        if "priority" not in kwargs:
+            raise ctx.error(f"{dotted}.priority", "is required: the workload priority it covers")
+        try:
+            out.append(SloClass(**kwargs))
+        except KvsimError as err:
+            raise ctx.error(f"{dotted}.{err.field}", err.message) from None
+    return tuple(sorted(out, key=lambda c: -c.priority))
 
 
 def _check_type(ctx: _Context, dotted: str, value: Any, cls: type, hint: Any = None) -> Any:
@@ -624,9 +805,7 @@ def _policies(ctx: _Context, table: Any) -> tuple[PolicyTable, ...]:
 
 def _strategy(policies: tuple[PolicyTable, ...]) -> KvStrategy:
     tables = {
-        p.kind: {"name": p.name, **dict(p.params)}
-        for p in policies
-        if p.kind in STRATEGY_KINDS
+        p.kind: {"name": p.name, **dict(p.params)} for p in policies if p.kind in STRATEGY_KINDS
     }
     return KvStrategy.from_tables(tables)
 
@@ -634,7 +813,7 @@ def _strategy(policies: tuple[PolicyTable, ...]) -> KvStrategy:
 def _check_policy(policy: PolicyTable) -> None:
     """Build the policy from the registry now, so an unknown name or parameter is reported
     against the scenario (the registry's error names the parameter)."""
-    if policy.kind in STRATEGY_KINDS:
+    if policy.kind in STRATEGY_KINDS or policy.kind == "offload":
         try:
             policy_from_table(policy.kind, {"name": policy.name, **dict(policy.params)})
         except KvsimError as err:
@@ -651,6 +830,7 @@ def _check_catalog(ctx: _Context, scenario: Scenario) -> None:
 
     checks = [
         ("model.config" if scenario.model.config else "model.name", get_model, scenario.model.ref),
+        ("model.architecture", lambda _: scenario.model.spec(), None),
         ("hardware.accelerator", get_accelerator, scenario.hardware.accelerator),
     ]
     for key, getter in (("host_memory_tier", get_tier), ("disk_tier", get_tier)):

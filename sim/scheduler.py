@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -43,13 +44,29 @@ import numpy as np
 from hardware.errors import KvsimError
 from sim.kv.block_pool import BlockPool, blocks_for
 from sim.kv.radix_cache import RadixBlockPool
+from sim.kv.tiers import SpillingBlockPool, TieredStore, TierMatch
+from sim.scheduling import (
+    ADMISSION_MODES,
+    REJECT_SLO,
+    Fcfs,
+    QueuePolicy,
+    SchedulingInputs,
+    WaitingOrder,
+    preemption_policy,
+    recompute_time_s,
+    swap_time_s,
+    ttft_lower_bound_s,
+)
 
 if TYPE_CHECKING:
     from sim.cost.batch import BatchShape
     from sim.policies.footprint import KvFootprint
 
-PREEMPTION_MODES = ("recompute", "swap")
+PREEMPTION_MODES = ("recompute", "swap", "cost")
 PREFIX_CACHING_MODES = ("none", "hash", "radix")
+
+#: Decode steps a stretch looks ahead under a KV footprint (bounds its per-step hold matrix).
+FOOTPRINT_HORIZON = 1024
 
 #: ``Sequence.reject_reason`` values.
 REJECT_CONTEXT = "exceeds_max_model_len"
@@ -62,7 +79,9 @@ class SchedulerConfig:
 
     ``max_num_seqs`` / ``max_batched_tokens``: vLLM's ``max_num_seqs`` and
     ``max_num_batched_tokens`` (8192 is the API-server default); ``block_tokens``: KV block
-    size (16 on CUDA); ``max_model_len``: context limit (prompt + output).
+    size (16 on CUDA); ``max_model_len``: context limit (prompt + output). ``policy``: the
+    waiting-queue order, ``preemption``: ``recompute``, ``swap`` or ``cost`` (per victim),
+    ``admission``: ``none`` or ``reject`` (:mod:`sim.scheduling`).
     """
 
     max_model_len: int
@@ -72,6 +91,8 @@ class SchedulerConfig:
     block_tokens: int = 16
     preemption: str = "recompute"
     prefix_caching: str = "none"
+    policy: QueuePolicy = Fcfs()
+    admission: str = "none"
 
     def __post_init__(self) -> None:
         for name in ("max_model_len", "max_num_seqs", "max_batched_tokens", "block_tokens"):
@@ -84,6 +105,16 @@ class SchedulerConfig:
             raise KvsimError(
                 f"expected one of {', '.join(PREEMPTION_MODES)}, got {self.preemption!r}",
                 field="scheduler.preemption",
+            )
+        if not isinstance(self.policy, QueuePolicy):
+            raise KvsimError(
+                f"expected a queue policy (sim.scheduling), got {self.policy!r}",
+                field="scheduler.policy",
+            )
+        if self.admission not in ADMISSION_MODES:
+            raise KvsimError(
+                f"expected one of {', '.join(ADMISSION_MODES)}, got {self.admission!r}",
+                field="scheduler.admission",
             )
         if self.prefix_caching not in PREFIX_CACHING_MODES:
             raise KvsimError(
@@ -116,7 +147,8 @@ class Sequence:
     prefix hits included); ``status`` is one of ``waiting``, ``running``, ``swapped``,
     ``finished``, ``rejected``. ``prefix_hit_tokens`` is the hit on first admission;
     ``scheduled_s`` the first time it entered a batch (queue wait = scheduled_s - arrival_s).
-    ``priority`` is carried for records and routers; the FCFS scheduler does not use it.
+    ``priority`` (larger = more important) and ``session_id`` (``-1``: none) are read by
+    the queue policies and routers (:mod:`sim.scheduling`, :mod:`sim.router`).
     """
 
     index: int
@@ -124,6 +156,7 @@ class Sequence:
     prompt_tokens: int
     output_tokens: int
     priority: int = 0
+    session_id: int = -1
     block_hashes: np.ndarray = field(default_factory=_no_hashes)
     computed_tokens: int = 0
     generated_tokens: int = 0
@@ -155,6 +188,8 @@ class StepPlan:
     sequence's tokens and samples one; ``decode_context[j]``: KV tokens decode ``j`` attends,
     its new token included. ``preempted`` lost their place this step; ``swap_out_tokens`` /
     ``swap_in_tokens``: KV tokens copied to / from the host tier before the step.
+    ``loaded_blocks[k]``: prefix blocks read from lower tier ``k`` of a tiered store
+    (:mod:`sim.kv.tiers`) instead of being recomputed, for the step's admissions.
     """
 
     prefill: tuple[Sequence, ...]
@@ -166,6 +201,7 @@ class StepPlan:
     preempted: tuple[Sequence, ...]
     swap_out_tokens: int
     swap_in_tokens: int
+    loaded_blocks: tuple[int, ...] = ()
 
     @property
     def num_batched_tokens(self) -> int:
@@ -192,10 +228,20 @@ class ReplicaScheduler:
     or when it is the identity, a sequence of ``t`` tokens holds ``ceil(t / block_tokens)``.
     The pool's API stays in tokens: a hold of ``n`` blocks is asked for as ``n ·
     block_tokens`` tokens (:meth:`hold_tokens`).
+
+    ``store`` (a :class:`~sim.kv.tiers.TieredStore`, hash prefix caching only) receives the
+    cached blocks the pool evicts, and an admission whose prompt misses in HBM continues its
+    prefix match in the store: those blocks are loaded (:attr:`StepPlan.loaded_blocks`), not
+    recomputed, and count as prefix hits.
     """
 
     def __init__(
-        self, config: SchedulerConfig, num_blocks: int, footprint: KvFootprint | None = None
+        self,
+        config: SchedulerConfig,
+        num_blocks: int,
+        footprint: KvFootprint | None = None,
+        store: TieredStore | None = None,
+        inputs: SchedulingInputs | None = None,
     ):
         self.config = config
         self.num_blocks = int(num_blocks)
@@ -206,8 +252,17 @@ class ReplicaScheduler:
                 field="scheduler.block_tokens",
             )
         self.footprint = None if footprint is None or footprint.identity else footprint
+        if store is not None and config.prefix_caching != "hash":
+            raise KvsimError(
+                "a tiered prefix store needs hash prefix caching "
+                f"(scheduler prefix_caching is {config.prefix_caching!r})",
+                field="policies.prefix_cache.kind",
+            )
+        self.store = store
         if config.prefix_caching == "radix":
             self.pool: BlockPool | RadixBlockPool = RadixBlockPool(num_blocks, config.block_tokens)
+        elif store is not None:
+            self.pool = SpillingBlockPool(num_blocks, config.block_tokens, store)
         else:
             self.pool = BlockPool(
                 num_blocks,
@@ -219,6 +274,16 @@ class ReplicaScheduler:
         self.swapped: deque[Sequence] = deque()
         self._rejected: list[Sequence] = []
         self._caching = config.prefix_caching != "none"
+        self.inputs = inputs or SchedulingInputs()
+        self.order = WaitingOrder(config.policy, self.inputs, self._cached_tokens)
+        self.preemption = preemption_policy(config.preemption)
+        needs_estimates = self.preemption.needs_estimates or config.admission != "none"
+        if needs_estimates and self.inputs.estimates is None:
+            raise KvsimError(
+                f"preemption {config.preemption!r} with admission {config.admission!r} needs "
+                "cost estimates (SchedulingInputs.estimates)",
+                field="scheduler.preemption",
+            )
 
     # ------------------------------------------------------------------ state
     @property
@@ -267,6 +332,32 @@ class ReplicaScheduler:
             return tokens
         return self.held_blocks(seq, tokens) * self.config.block_tokens
 
+    def step_blocks(self, seq: Sequence, computed: int, new: int) -> int:
+        """Blocks ``seq`` holds while a step computes ``new`` tokens on top of ``computed``:
+        a decode step holds the larger of its hold before and after (a selection policy
+        evicts as it appends); a prefill chunk writes its tokens' KV on top of what is held
+        and the policy compresses at the step's end (SnapKV at prompt end, a StreamingLLM
+        window), so it holds ``blocks(computed) + ceil(new / B)`` at least. The commit then
+        shrinks the hold to ``blocks(computed + new)``."""
+        if self.footprint is None:
+            return blocks_for(computed + new, self.config.block_tokens)
+        before, after = self.footprint.blocks([computed, computed + new], seq.prompt_tokens)
+        if new == 1:
+            return int(max(before, after))
+        return int(max(after, before + blocks_for(new, self.config.block_tokens)))
+
+    def _step_hold_tokens(self, seq: Sequence, computed: int, new: int) -> int:
+        if self.footprint is None:
+            return computed + new
+        return self.step_blocks(seq, computed, new) * self.config.block_tokens
+
+    def _shrink(self, seqs: Iterable[Sequence]) -> None:
+        """After a step, release what each sequence's policy dropped or compressed."""
+        bt = self.config.block_tokens
+        for seq in seqs:
+            if seq.status == "running":
+                self.pool.shrink(seq.index, self.held_blocks(seq, seq.computed_tokens) * bt)
+
     def reject_reason(self, seq: Sequence) -> str:
         """Why :meth:`add` would reject ``seq`` (``""`` if it would not): prompt + output
         longer than ``max_model_len`` (:data:`REJECT_CONTEXT`), or a KV footprint at prompt +
@@ -280,12 +371,18 @@ class ReplicaScheduler:
         return ""
 
     def _peak_blocks(self, seq: Sequence, last: int) -> int:
-        """The most blocks ``seq`` holds at any point up to ``last`` tokens (a policy that
-        compresses at prompt end peaks when the prompt completes)."""
+        """The most blocks ``seq`` needs at once up to ``last`` tokens: under a footprint the
+        larger of its hold at prompt end, at ``last``, and while its first (largest) prefill
+        chunk is written uncompressed (:meth:`step_blocks`)."""
+        bt = self.config.block_tokens
         if self.footprint is None:
-            return blocks_for(last, self.config.block_tokens)
-        points = np.unique(np.array([min(seq.prompt_tokens, last), last], dtype=np.int64))
-        return int(self.footprint.blocks(points, seq.prompt_tokens).max())
+            return blocks_for(last, bt)
+        chunk = seq.prompt_tokens
+        if self.config.chunked_prefill:
+            chunk = min(chunk, self.config.max_batched_tokens)
+        points = np.array([min(seq.prompt_tokens, last), last], dtype=np.int64)
+        held = int(self.footprint.blocks(points, seq.prompt_tokens).max())
+        return max(held, blocks_for(chunk, bt))
 
     # ------------------------------------------------------------------ arrivals
     def add_transferred(self, seq: Sequence) -> None:
@@ -298,7 +395,7 @@ class ReplicaScheduler:
         """Queue ``seq`` (arrived at ``now_s``); ``False`` if it is rejected instead.
 
         Rejected, with ``status = "rejected"`` and a ``reject_reason``
-        (:meth:`reject_reason`).
+        (:meth:`reject_reason`), or by admission control (:meth:`slo_reject_reason`).
         """
         if seq.prompt_tokens < 1 or seq.output_tokens < 1:
             raise KvsimError(
@@ -312,14 +409,57 @@ class ReplicaScheduler:
                 f"{seq.prompt_tokens // self.config.block_tokens} full blocks",
                 field="block_hashes",
             )
-        reason = self.reject_reason(seq)
+        reason = self.reject_reason(seq) or self.slo_reject_reason(seq)
         if reason:
             seq.status, seq.reject_reason = "rejected", reason
             self._rejected.append(seq)
             return False
         seq.status = "waiting"
-        self.waiting.append(seq)
+        self.order.arrived(seq, self.waiting)
+        self.order.insert(self.waiting, seq, front=False)
         return True
+
+    # ------------------------------------------------------------------ policies' views
+    def _cached_tokens(self, seq: Sequence) -> int:
+        """Prompt tokens of ``seq`` whose KV the HBM prefix cache holds now (at most all but
+        the last token, which is always recomputed)."""
+        if not self._caching or not len(seq.block_hashes):
+            return 0
+        bt = self.config.block_tokens
+        return self.pool.match_prefix(seq.block_hashes[: (seq.num_tokens - 1) // bt]) * bt
+
+    @staticmethod
+    def prefill_left(seq: Sequence) -> int:
+        """Tokens ``seq`` still has to prefill before it decodes (0 for a decode)."""
+        left = seq.num_tokens - seq.computed_tokens
+        return 0 if left == 1 and seq.generated_tokens > 0 else left
+
+    @property
+    def prefill_backlog_tokens(self) -> int:
+        """Tokens queued for prefill on this replica: the rest of every waiting, swapped and
+        part-prefilled running sequence (prefix hits of unadmitted prompts not deducted)."""
+        queues = (self.waiting, self.swapped, self.running)
+        return sum(self.prefill_left(seq) for queue in queues for seq in queue)
+
+    def slo_reject_reason(self, seq: Sequence) -> str:
+        """:data:`~sim.scheduling.REJECT_SLO` when admission control is on and even the best
+        case (:func:`~sim.scheduling.ttft_lower_bound_s`: the prefill work ahead of ``seq``
+        in policy order plus its own uncached prompt, at the peak prefill rate) misses its
+        class's TTFT target; else ``""``. Reads only what a pure-decode step leaves
+        unchanged, so it decides alike in stretch and step mode."""
+        estimates = self.inputs.estimates
+        target = self.inputs.ttft_target_s(seq.priority)
+        if self.config.admission == "none" or target is None or estimates is None:
+            return ""
+        ahead = sum(
+            self.prefill_left(s) - (self._cached_tokens(s) if not s.computed_tokens else 0)
+            for s in self.order.ahead(self.waiting, seq)
+        )
+        ahead += sum(self.prefill_left(s) for s in (*self.swapped, *self.running))
+        own = seq.prompt_tokens - self._cached_tokens(seq)
+        if ttft_lower_bound_s(estimates, ahead, own) > target:
+            return REJECT_SLO
+        return ""
 
     # ------------------------------------------------------------------ scheduling
     def _admission(self, seq: Sequence, budget: int) -> tuple[int, int, np.ndarray] | None:
@@ -332,12 +472,40 @@ class ReplicaScheduler:
             hashes = seq.block_hashes[: base // bt]
         else:
             hashes = seq.block_hashes[: (total - 1) // bt]
-            base = self.pool.match_prefix(hashes) * bt if self._caching else 0
+            base = self._cached_prefix_blocks(hashes) * bt if self._caching else 0
         new_tokens = total - base
         if not self.config.chunked_prefill and new_tokens > budget:
             return None
         new_tokens = min(new_tokens, budget)
         return new_tokens, base + new_tokens, hashes
+
+    def _cached_prefix_blocks(self, hashes: np.ndarray) -> int:
+        """Leading blocks of ``hashes`` cached in HBM, then continued in the tiered store."""
+        hit = self.pool.match_prefix(hashes)
+        if self.store is None:
+            return hit
+        return hit + self.store.match(hashes, hit, len(hashes)).blocks
+
+    def _tier_match(self, hashes: np.ndarray, base: int) -> TierMatch | None:
+        """Before allocating: the store blocks of an admission whose prefix covers ``base``
+        tokens (its HBM hit, then these)."""
+        if self.store is None:
+            return None
+        hit = self.pool.match_prefix(hashes)
+        return self.store.match(hashes, hit, base // self.config.block_tokens)
+
+    def _load(self, hashes: np.ndarray, hit: int, match: TierMatch | None, loads: list[int]) -> int:
+        """Read ``match``'s blocks into HBM after an allocation that hit ``hit`` tokens there;
+        add them to ``loads`` (per tier) and return the tokens loaded. Nothing is loaded
+        when the allocation's HBM hit differs from the one the match continued (a KV
+        footprint holding fewer blocks than the prefix)."""
+        bt = self.config.block_tokens
+        if match is None or not match.blocks or self.store is None or hit != match.start * bt:
+            return 0
+        self.store.load(hashes, match)
+        for position, count in enumerate(match.blocks_per_tier(len(self.store.tiers)).tolist()):
+            loads[position] += count
+        return match.blocks * bt
 
     def _cache_blocks(self, seq: Sequence, tokens: int) -> None:
         """Register the sequence's prompt blocks that are full once ``tokens`` are computed."""
@@ -348,15 +516,22 @@ class ReplicaScheduler:
             self.pool.cache_full_blocks(seq.index, seq.block_hashes, full)
 
     def _preempt(self, victim: Sequence) -> int:
-        """Preempt ``victim``; return the KV tokens swapped out (0 for recompute)."""
+        """Preempt ``victim`` by swap or recompute, as the preemption policy says for it;
+        return the KV tokens swapped out (0 for recompute)."""
         self.pool.free(victim.index)
         victim.preemptions += 1
-        if self.config.preemption == "swap":
+        estimates = self.inputs.estimates
+        kv = self.kv_tokens(victim, victim.computed_tokens)
+        mode = self.preemption.mode(
+            lambda: recompute_time_s(estimates, victim.computed_tokens),
+            lambda: swap_time_s(estimates, kv),
+        )
+        if mode == "swap":
             victim.swapped, victim.status = True, "swapped"
             self.swapped.appendleft(victim)
-            return self.kv_tokens(victim, victim.computed_tokens)
+            return kv
         victim.computed_tokens, victim.status = 0, "waiting"
-        self.waiting.appendleft(victim)
+        self.order.insert(self.waiting, victim, front=True)
         return 0
 
     def kv_tokens(self, seq: Sequence, tokens: int) -> int:
@@ -372,14 +547,19 @@ class ReplicaScheduler:
         picked: list[tuple[Sequence, int, int]] = []
         preempted: list[Sequence] = []
         swap_out = swap_in = 0
+        loads = [0] * (len(self.store.tiers) if self.store is not None else 0)
 
         index = 0
         while index < len(self.running) and budget > 0:
             seq = self.running[index]
             computed = seq.computed_tokens
             new_tokens = min(seq.prompt_tokens + seq.generated_tokens - computed, budget)
-            while not pool.grow(seq.index, self.hold_tokens(seq, computed + new_tokens)):
-                victim = self.running.pop()
+            while not pool.grow(seq.index, self._step_hold_tokens(seq, computed, new_tokens)):
+                position = self.order.victim(self.running)
+                victim = self.running.pop(position)
+                if position < index:  # scheduled earlier in this step: take its work back
+                    index -= 1
+                    budget += self._unpick(picked, victim)
                 swap_out += self._preempt(victim)
                 preempted.append(victim)
                 if victim is seq:
@@ -399,7 +579,8 @@ class ReplicaScheduler:
                 if plan is None:
                     break
                 new_tokens, total, hashes = plan
-                hit = pool.allocate(seq.index, self.hold_tokens(seq, total), hashes)
+                hold = self._step_hold_tokens(seq, total - new_tokens, new_tokens)
+                hit = pool.allocate(seq.index, hold, hashes)
                 if hit is None:
                     break
                 self.swapped.popleft()
@@ -417,20 +598,23 @@ class ReplicaScheduler:
                 and budget > 0
                 and len(self.running) < cfg.max_num_seqs
             ):
-                seq = self.waiting[0]
+                position = self.order.head(self.waiting)
+                seq = self.waiting[position]
                 plan = self._admission(seq, budget)
                 if plan is None:
                     break
                 new_tokens, total, hashes = plan
-                hit = pool.allocate(
-                    seq.index, self.hold_tokens(seq, total), hashes if self._caching else None
-                )
+                hold = self._step_hold_tokens(seq, total - new_tokens, new_tokens)
+                match = self._tier_match(hashes, total - new_tokens)
+                hit = pool.allocate(seq.index, hold, hashes if self._caching else None)
                 if hit is None:
                     break
-                self.waiting.popleft()
+                hit += self._load(hashes, hit, match, loads)
+                del self.waiting[position]
                 seq.computed_tokens, seq.status = hit, "running"
                 if math.isnan(seq.scheduled_s):
                     seq.scheduled_s, seq.prefix_hit_tokens = now_s, hit
+                    self.order.admitted(seq)
                 self.running.append(seq)
                 self._cache_blocks(seq, total)
                 picked.append((seq, new_tokens, hit))
@@ -438,7 +622,16 @@ class ReplicaScheduler:
 
         if not picked and not preempted:
             return None
-        return self._plan(picked, preempted, swap_out, swap_in)
+        return self._plan(picked, preempted, swap_out, swap_in, tuple(loads))
+
+    @staticmethod
+    def _unpick(picked: list[tuple[Sequence, int, int]], victim: Sequence) -> int:
+        """Remove ``victim``'s entry from this step's ``picked``; return its tokens."""
+        for position, (seq, new_tokens, _) in enumerate(picked):
+            if seq is victim:
+                del picked[position]
+                return new_tokens
+        raise AssertionError("a running sequence before the cursor was not picked")
 
     @staticmethod
     def _plan(
@@ -446,6 +639,7 @@ class ReplicaScheduler:
         preempted: list[Sequence],
         swap_out: int,
         swap_in: int,
+        loaded_blocks: tuple[int, ...] = (),
     ) -> StepPlan:
         prefill, chunk, context, emits, decode, decode_context = [], [], [], [], [], []
         for seq, new_tokens, computed in picked:
@@ -470,6 +664,7 @@ class ReplicaScheduler:
             preempted=tuple(preempted),
             swap_out_tokens=int(swap_out),
             swap_in_tokens=int(swap_in),
+            loaded_blocks=loaded_blocks if any(loaded_blocks) else (),
         )
 
     # ------------------------------------------------------------------ completion
@@ -494,10 +689,14 @@ class ReplicaScheduler:
             if seq.computed_tokens < seq.prompt_tokens + seq.generated_tokens:
                 continue
             seq.generated_tokens += 1
+            if self.order.tracks_service:
+                self.order.served((seq,))
             if math.isnan(seq.first_token_s):
                 seq.first_token_s = end_s
             if seq.generated_tokens == seq.output_tokens:
                 finished.append(seq)
+        if self.footprint is not None:
+            self._shrink(seq for seq in (*plan.prefill, *plan.decode) if seq not in finished)
         if finished:
             self._finish(finished, end_s)
         return finished
@@ -511,41 +710,40 @@ class ReplicaScheduler:
             count=len(self.running),
         )
 
-    def _held_after(
-        self, computed: np.ndarray, prompts: np.ndarray, steps: int | np.ndarray
-    ) -> np.ndarray:
-        """Blocks each running sequence holds after ``steps`` more decode tokens (footprint
-        only; ``steps`` a scalar or a per-row array)."""
+    def _held_matrix(self, state: np.ndarray, steps: int) -> np.ndarray:
+        """Under a footprint: ``[sequence, s]`` blocks each running sequence holds after
+        ``s = 0 … steps`` more decode tokens."""
         assert self.footprint is not None
-        return self.footprint.blocks(computed + steps, prompts)
+        width = steps + 1
+        tokens = np.repeat(state[:, 0], width) + np.tile(np.arange(width), len(state))
+        held = self.footprint.blocks(tokens, np.repeat(state[:, 1], width))
+        return held.reshape(len(state), width)
 
     def _growth(self, state: np.ndarray, steps: int) -> int:
-        """New blocks the running batch needs over ``steps`` pure-decode steps.
+        """New blocks the running batch needs over ``steps`` pure-decode steps (full cache).
 
         A sequence with ``c`` computed tokens holds ``ceil(c / B)`` blocks and after ``s`` more
         tokens needs ``ceil((c + s) / B)``; the difference is ``floor((s + a) / B)`` with
-        ``a = (c - 1) mod B`` (its phase). Under a footprint, ``blocks(c + s) − blocks(c)``."""
-        computed = state[:, 0]
-        if self.footprint is None:
-            phase = (computed - 1) % self.config.block_tokens
-            return int(((steps + phase) // self.config.block_tokens).sum())
-        prompts = state[:, 1]
-        after = self._held_after(computed, prompts, steps)
-        return int((after - self._held_after(computed, prompts, 0)).sum())
+        ``a = (c - 1) mod B`` (its phase)."""
+        phase = (state[:, 0] - 1) % self.config.block_tokens
+        return int(((steps + phase) // self.config.block_tokens).sum())
 
-    def _steps_before_growth(self, state: np.ndarray, horizon: int) -> int:
-        """Decode steps the batch takes before any sequence needs a new block."""
+    def _stretch_growth(self, state: np.ndarray, horizon: int) -> np.ndarray:
+        """Blocks the batch holds beyond today's during each of the next ``horizon`` decode
+        steps (non-decreasing), for the largest horizon over which that is exact."""
         if self.footprint is None:
+            steps = np.arange(1, horizon + 1)
             phase = (state[:, 0] - 1) % self.config.block_tokens
-            return int((self.config.block_tokens - phase).min()) - 1
-        low, high = 0, horizon  # the largest s with no growth
-        while low < high:
-            middle = (low + high + 1) // 2
-            if self._growth(state, middle) == 0:
-                low = middle
-            else:
-                high = middle - 1
-        return low
+            # Σ_j floor((s + a_j) / B), for every s at once.
+            return ((steps[:, None] + phase[None, :]) // self.config.block_tokens).sum(axis=1)
+        held = self._held_matrix(state, horizon)
+        during = np.maximum(held[:, :-1], held[:, 1:])  # step s holds max(before, after)
+        # A commit that shrinks a hold frees blocks a waiting sequence might take: the
+        # stretch ends with that step.
+        drops = (held[:, 1:] < held[:, :-1]).any(axis=0)
+        if drops.any():
+            during = during[:, : int(np.argmax(drops)) + 1]
+        return (during - held[:, :1]).sum(axis=0)
 
     def stable_decode_steps(self, limit: int) -> int:
         """How many next steps are certainly the same pure-decode batch of every running
@@ -553,7 +751,10 @@ class ReplicaScheduler:
         be scheduled now; else ``min(limit, steps until the first sequence finishes, steps
         before block growth would preempt)``, shortened (prefix caching only) to the steps
         before the first block growth when a waiting sequence is held back only by blocks
-        (growth may evict blocks it would hit)."""
+        (growth may evict blocks it would hit). Under a footprint it also ends with the first
+        step whose commit shrinks a hold, and looks at most :data:`FOOTPRINT_HORIZON` ahead.
+        Under a queue policy whose order can change while the queue does not (``lpm``,
+        ``fair``), every waiting sequence is checked as if it were the head."""
         running = self.running
         if limit < 1 or not running:
             return 0
@@ -563,32 +764,57 @@ class ReplicaScheduler:
         if np.any(state[:, 1] + generated - computed != 1) or generated.min() < 1:
             return 0
         horizon = int(min(limit, (state[:, 3] - generated).min()))
+        if self.footprint is not None:
+            horizon = min(horizon, FOOTPRINT_HORIZON)
         free = self.pool.num_free_blocks
-        low, high = 0, horizon  # the largest s <= horizon whose growth fits in the free blocks
-        while low < high:
-            middle = (low + high + 1) // 2
-            if self._growth(state, middle) <= free:
-                low = middle
-            else:
-                high = middle - 1
+        if self.footprint is None:
+            low, high = 0, horizon  # the largest s <= horizon whose growth fits the free blocks
+            while low < high:
+                middle = (low + high + 1) // 2
+                if self._growth(state, middle) <= free:
+                    low = middle
+                else:
+                    high = middle - 1
+            first_growth = self._growth(state, 1)
+        else:
+            growth = self._stretch_growth(state, horizon)
+            low = int(np.searchsorted(growth, free, side="right"))
+            first_growth = int(growth[0])
         if low == 0:
             return 0
         horizon = low
-        head = self.swapped[0] if self.swapped else (self.waiting[0] if self.waiting else None)
-        if head is None or count >= self.config.max_num_seqs:
+        if self.swapped:
+            heads: tuple[Sequence, ...] = (self.swapped[0],)
+        elif self.order.dynamic(len(self.waiting)):
+            heads = tuple(self.waiting)  # any of them may become the head during the run
+        else:
+            heads = (self.waiting[self.order.head(self.waiting)],) if self.waiting else ()
+        if not heads or count >= self.config.max_num_seqs:
             return horizon
-        budget = self.config.max_batched_tokens - count
+        for head in heads:
+            horizon = self._held_back_steps(head, state, free, first_growth, horizon)
+            if horizon == 0:
+                break
+        return horizon
+
+    def _held_back_steps(
+        self, head: Sequence, state: np.ndarray, free: int, first_growth: int, horizon: int
+    ) -> int:
+        """How many of the next ``horizon`` pure-decode steps certainly leave ``head``, as the
+        queue's head, unadmitted (:meth:`stable_decode_steps`)."""
+        budget = self.config.max_batched_tokens - len(state)
         plan = self._admission(head, budget) if budget > 0 else None
         if plan is None:
             return horizon
-        total, hashes = plan[1], plan[2]
-        first_growth = self._growth(state, 1)
+        new_tokens, total, hashes = plan
         if not self._caching:
-            needed = self.held_blocks(head, total)
+            needed = self.step_blocks(head, total - new_tokens, new_tokens)
             return horizon if needed > free - first_growth else 0
-        if first_growth > 0 or self.pool.can_allocate(self.hold_tokens(head, total), hashes):
+        hold = self._step_hold_tokens(head, total - new_tokens, new_tokens)
+        if first_growth > 0 or self.pool.can_allocate(hold, hashes):
             return 0
-        return min(horizon, self._steps_before_growth(state, horizon))
+        growth = self._stretch_growth(state, horizon)
+        return min(horizon, int(np.searchsorted(growth, 0, side="right")))
 
     def _running_state(self) -> np.ndarray:
         """Per running sequence: computed, prompt, generated and output tokens."""
@@ -616,12 +842,15 @@ class ReplicaScheduler:
             (s.computed_tokens for s in running), dtype=np.int64, count=len(running)
         )
         self._grow_decodes(computed, steps)
+        self.order.served(running, steps)
         finished = []
         for seq in running:
             seq.computed_tokens += steps
             seq.generated_tokens += steps
             if seq.generated_tokens == seq.output_tokens:
                 finished.append(seq)
+        if self.footprint is not None:
+            self._shrink(seq for seq in running if seq not in finished)
         if finished:
             self._finish(finished, float(end_times[-1]))
         return finished
@@ -630,11 +859,13 @@ class ReplicaScheduler:
         """Allocate the blocks of ``steps`` decode steps in the order step-by-step scheduling
         would (step, then running order), so block ids and evictions match exactly."""
         pool, running, bt = self.pool, self.running, self.config.block_tokens
-        if not self._caching:
+        if self.footprint is not None:
+            who, when, targets = self._growth_events(steps)
+        elif not self._caching:
             for seq, tokens in zip(running, (computed + steps).tolist(), strict=True):
-                pool.grow(seq.index, self.hold_tokens(seq, tokens))
+                pool.grow(seq.index, tokens)
             return
-        if self.footprint is None:
+        else:
             first = bt - (computed - 1) % bt
             events = np.maximum((steps - first) // bt + 1, 0)
             if not events.sum():
@@ -643,8 +874,6 @@ class ReplicaScheduler:
             offsets = np.arange(who.size) - np.repeat(np.cumsum(events) - events, events)
             when = first[who] + offsets * bt
             targets = computed[who] + when
-        else:
-            who, when, targets = self._growth_events(steps)
         for position in np.lexsort((who, when)).tolist():
             seq = running[int(who[position])]
             if not pool.grow(seq.index, int(targets[position])):
@@ -652,13 +881,10 @@ class ReplicaScheduler:
 
     def _growth_events(self, steps: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Under a footprint: (running position, step, tokens to ask the pool for) of each
-        decode step in which a sequence's hold grows, over ``steps`` steps."""
-        state = self._running_state()
-        width = steps + 1
-        held = self._held_after(
-            np.repeat(state[:, 0], width),
-            np.repeat(state[:, 1], width),
-            np.tile(np.arange(width), len(state)),
-        ).reshape(len(state), width)
-        who, when = np.nonzero(np.diff(held, axis=1) > 0)
-        return who, when + 1, held[who, when + 1] * self.config.block_tokens
+        decode step in which a sequence's hold grows (to the larger of its holds before and
+        after the step), over ``steps`` steps."""
+        held = self._held_matrix(self._running_state(), steps)
+        during = np.maximum(held[:, :-1], held[:, 1:])
+        before = np.concatenate([held[:, :1], during[:, :-1]], axis=1)
+        who, when = np.nonzero(during > before)
+        return who, when + 1, during[who, when] * self.config.block_tokens

@@ -26,7 +26,6 @@ import hashlib
 import importlib.metadata
 import itertools
 import json
-import math
 import os
 import time
 import tomllib
@@ -39,6 +38,7 @@ from typing import Any
 import pandas as pd
 
 from hardware.errors import KvsimError
+from hardware.toml_write import value as toml_literal
 from sim.scenario import Scenario, apply_overrides
 
 #: Columns every result file has besides the summary metrics.
@@ -63,41 +63,6 @@ def content_hash(scenario_dict: Mapping[str, Any], version: str | None = None) -
     digest = hashlib.sha256(text.encode("utf-8"))
     digest.update(b"\0kvsim=" + (version or kvsim_version()).encode("utf-8"))
     return digest.hexdigest()
-
-
-def toml_literal(value: Any) -> str:
-    """``value`` written as a TOML literal, the right-hand side of an ``a.b=c`` override."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        if math.isnan(value):
-            return "nan"
-        if math.isinf(value):
-            return "inf" if value > 0 else "-inf"
-        return repr(value)
-    if isinstance(value, str):
-        return _toml_string(value)
-    if isinstance(value, list | tuple):
-        return "[" + ", ".join(toml_literal(v) for v in value) + "]"
-    if isinstance(value, Mapping):
-        items = ", ".join(f"{_toml_string(str(k))} = {toml_literal(v)}" for k, v in value.items())
-        return "{ " + items + " }" if items else "{}"
-    raise KvsimError(f"cannot write {type(value).__name__} {value!r} as a TOML value")
-
-
-def _toml_string(text: str) -> str:
-    """A TOML basic string: backslash, quote and control characters escaped."""
-    out = []
-    for char in text:
-        if char in '"\\':
-            out.append("\\" + char)
-        elif ord(char) < 0x20 or ord(char) == 0x7F:
-            out.append(f"\\u{ord(char):04x}")
-        else:
-            out.append(char)
-    return '"' + "".join(out) + '"'
 
 
 # ---- the sweep file ----------------------------------------------------------------------

@@ -233,3 +233,71 @@ def test_trace_tables_from_stats():
     assert list(trace_data.burstiness_table(stats)["window"]) == ["1s", "10s", "60s"]
     assert trace_data.arrival_window_s(3600.0) == 10.0
     assert trace_data.arrival_window_s(100.0) == 1.0
+
+
+def test_memory_plan_adds_up_to_the_device():
+    # plan_memory splits each GPU into weights, activations, KV pool and the share outside
+    # gpu_memory_fraction, which together are the whole device (vLLM's accounting).
+    from sim.cost import plan_memory
+
+    plan = plan_memory(get_model("llama-3.1-8b"), get_accelerator("h100-sxm"))
+    parts = run_data.memory_plan_frame(plan.as_dict())
+    assert parts["GB"].sum() == pytest.approx(80.0)
+    assert parts.set_index("part").loc["outside the engine's fraction", "GB"] == pytest.approx(8.0)
+    fig = figures.memory_plan_figure(parts)
+    assert [t.x[0] for t in fig.data] == pytest.approx(list(parts["GB"]))
+    assert fig.layout.barmode == "stack" and fig.layout.title.text == "GPU memory plan (80 GB)"
+
+
+def _plans() -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "accelerator": ["h100-sxm", "l40s", "a100-80gb-sxm"],
+            "TP": [1, 1, 2],
+            "replicas": [1, 4, 1],
+            "KV strategy": ["fp8", "fp16", "fp16"],
+            "USD/h": [4.9, 7.8, 5.0],
+            "ttft_p90_s": [0.3, 0.2, 0.5],
+            "Pareto": [True, True, False],
+        }
+    )
+
+
+def test_plan_pareto_figure_stars_the_planners_set_in_cost_order():
+    fig = figures.plan_pareto_figure(_plans(), "ttft_p90_s", "ttft_p90_s (s)")
+    assert [t.name for t in fig.data] == ["fp8", "fp16", "Pareto set"]
+    front = fig.data[-1]
+    assert list(front.x) == [4.9, 7.8] and list(front.y) == [0.3, 0.2]
+    assert list(front.text) == ["h100-sxm tp=1 × 1", "l40s tp=1 × 4"]
+    assert fig.layout.xaxis.title.text == "fleet cost (USD/h)"
+    assert fig.layout.yaxis.title.text == "ttft_p90_s (s)"
+
+
+def _strategies() -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "strategy": ["fp16", "fp8", "h2o"],
+            "KV per request (MB)": [176.0, 88.0, 40.0],
+            "output tokens/s": [1300.0, 1310.0, 1320.0],
+            "TTFT p90 (s)": [0.035, 0.034, 0.033],
+            "TPOT p90 (s)": [0.0076, 0.0071, 0.0070],
+            "quality retained": [1.0, 0.98, None],
+            "Pareto": [True, True, False],
+        }
+    )
+
+
+def test_policy_bars_in_four_panels_with_latency_in_ms():
+    fig = figures.policy_bars_figure(_strategies())
+    assert [a.text for a in fig.layout.annotations] == [p[1] for p in figures.POLICY_PANELS]
+    assert list(fig.data[0].y) == [176.0, 88.0, 40.0]
+    assert list(fig.data[3].y) == pytest.approx([7.6, 7.1, 7.0])  # TPOT p90 in ms
+    assert [t.xaxis for t in fig.data] == ["x", "x2", "x3", "x4"]
+
+
+def test_policy_pareto_figure_places_only_known_quality():
+    fig = figures.policy_pareto_figure(_strategies(), "KV per request (MB)", "KV per request (MB)")
+    assert list(fig.data[0].text) == ["fp16", "fp8"]  # h2o's quality is unknown
+    assert list(fig.data[1].x) == [88.0, 176.0]  # Pareto set in order of x
+    assert "h2o" in fig.layout.annotations[0].text
+    assert fig.layout.yaxis.title.text == "quality retained (fraction of full KV)"

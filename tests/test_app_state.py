@@ -4,35 +4,15 @@ run cache and the page list."""
 from __future__ import annotations
 
 import copy
-import tomllib
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from app import navigation, runner, state, toml_text, uploads
+from app import navigation, runner, state, uploads
 from hardware.errors import KvsimError
 from sim.run import run_scenario
 from sim.scenario import Scenario, apply_overrides
-
-KEYS = st.from_regex(r"[a-z][a-z0-9_]{0,8}", fullmatch=True)
-SCALARS = (
-    st.booleans()
-    | st.integers(-(2**40), 2**40)
-    | st.floats(allow_nan=False, allow_infinity=False)
-    | st.text(max_size=20)
-)
-TABLES = st.recursive(
-    st.dictionaries(KEYS, SCALARS | st.lists(SCALARS, max_size=3), max_size=4),
-    lambda children: st.dictionaries(KEYS, children, min_size=1, max_size=3),
-    max_leaves=12,
-)
-
-
-@settings(max_examples=60, deadline=None)
-@given(TABLES)
-def test_toml_writer_round_trips_through_tomllib(table):
-    assert tomllib.loads(toml_text.dumps(table)) == table
 
 
 @settings(max_examples=100, deadline=None)

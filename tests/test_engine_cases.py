@@ -260,7 +260,14 @@ def test_router_functions() -> None:
     assert least_kv_load(np.array([0.5, 0.2, 0.2]), np.array([0, 4, 2])) == 2
     assert prefix_affinity(np.array([0, 3, 3]), np.array([0, 5, 2])) == 2
     assert prefix_affinity(np.array([0, 0, 0]), np.array([2, 1, 1])) == 1
-    assert set(ROUTERS) == {"round_robin", "least_outstanding", "least_kv_load", "prefix_affinity"}
+    assert set(ROUTERS) == {
+        "round_robin",
+        "least_outstanding",
+        "least_kv_load",
+        "prefix_affinity",
+        "kv_aware",
+        "session_affinity",
+    }
 
 
 def _routing_workload() -> Workload:

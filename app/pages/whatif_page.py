@@ -27,11 +27,6 @@ NO_TIER = "(none)"
 WORKLOAD_SOURCES = ("Synthetic", "Trace file")
 
 
-@st.cache_resource
-def _cache() -> runner.RunCache:
-    return runner.RunCache(maxsize=16)
-
-
 def _reset_knobs(data: dict[str, Any]) -> None:
     """Make ``data`` the scenario and let every knob re-read its value from it."""
     for key in [k for k in st.session_state if str(k).startswith(KNOB)]:
@@ -321,7 +316,7 @@ def _run(scenario: Scenario, key: str) -> RunResult:
     result, _ = runner.run_cached(
         scenario,
         key,
-        _cache(),
+        ui.run_cache(),
         progress=lambda f: bar.progress(f, text=f"Simulating… {f:.0%} of requests done"),
     )
     slot.empty()
@@ -447,6 +442,12 @@ with ui.user_errors():
         f"per replica; {scenario.num_gpus} GPU{'s' if scenario.num_gpus > 1 else ''} in all. "
         "Share this scenario by copying the URL."
     )
+    # Drawn before any run, so the browser has loaded plotly.js by the time Run is clicked.
+    st.plotly_chart(
+        figures.memory_plan_figure(run_data.memory_plan_frame(plan.as_dict())),
+        width="stretch",
+        key="wi_memory",
+    )
     ready = True
 
 key = state.scenario_hash(data) if ready else None
@@ -458,7 +459,7 @@ if st.session_state.pop("wi_cancelled", False):
     st.warning("Run cancelled; nothing was cached.", icon=":material/stop:")
 
 if scenario is not None and key is not None:  # i.e. ready
-    cached = _cache().get(key)
+    cached = ui.run_cache().get(key)
     if clicked or cached is not None:
         with ui.user_errors():
             result = cached if cached is not None else _run(scenario, key)

@@ -5,6 +5,14 @@ built-in default, ``sim/scenarios/default.toml``, when no file is given), runs i
 prints a summary table (with ``--json``: exactly one JSON object on stdout). ``--out DIR``
 writes ``requests.parquet``, ``steps.parquet``, ``summary.json`` and ``report.html``. A
 progress bar goes to stderr when stderr is a terminal and ``--json`` is off.
+
+``--executor torch`` runs every step on the real model (``sim.real.executor``, the ``real``
+extra) instead of pricing it: ``--device``, ``--checkpoint``, ``--text`` and ``--threads``
+choose where, which weights, which prompt text and how many CPU threads. The scenario's
+accelerator still plans memory (the KV pool's block count, which the real cache mirrors);
+``docs/real_mode.md`` shows how to point it at a probed profile of the local machine. The
+summary then gains a ``torch`` object (measured wall time, peak memory, KV moved to the second
+tier), and ``--out`` also writes ``outputs.jsonl`` (each request's generated ids and text).
 """
 
 from __future__ import annotations
@@ -15,6 +23,7 @@ import math
 import sys
 from pathlib import Path
 
+from hardware.errors import KvsimError
 from sim.run import load_workload, resolve, run_scenario
 from sim.scenario import load_scenario
 from sim.scenarios import builtin_path
@@ -39,6 +48,10 @@ TABLE = (
     ("preemptions", "preemptions", ""),
     ("prefix_hit_rate", "prefix hit rate", ""),
     ("kv_peak_bytes", "KV peak", "GiB"),
+    ("kv_strategy", "KV strategy", ""),
+    ("kv_physical_savings", "KV memory saved", ""),
+    ("kv_logical_savings", "KV tokens dropped", ""),
+    ("kv_quality", "KV quality", ""),
     ("usd_per_hour", "cost", "USD/h"),
     ("usd_per_m_output_tokens", "cost per 1M output tokens", "USD"),
 )
@@ -64,6 +77,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--out", type=Path, help="write parquet records and report.html here")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument(
+        "--executor",
+        choices=("cost", "torch"),
+        default="cost",
+        help="price steps with the cost model (default) or run them on the real model",
+    )
+    torch_args = parser.add_argument_group("torch executor (--executor torch only)")
+    torch_args.add_argument("--device", choices=("cpu", "cuda"), help="where to run (default cpu)")
+    torch_args.add_argument(
+        "--checkpoint",
+        type=Path,
+        help="a .gguf file or Hugging Face checkpoint directory (default SmolLM2-135M-Instruct)",
+    )
+    torch_args.add_argument(
+        "--text",
+        type=Path,
+        help="prompt text: a file or a directory of *.txt (default shared/data/text)",
+    )
+    torch_args.add_argument("--threads", type=int, help="CPU threads for torch")
     parser.set_defaults(func=run)
 
 
@@ -92,21 +124,84 @@ def _json_ready(summary: dict) -> dict:
     }
 
 
+TORCH_OPTIONS = ("device", "checkpoint", "text", "threads")
+
+
+def _torch_executor(args: argparse.Namespace, scenario, resolved):
+    """The warmed-up torch executor the options ask for (the ``real`` extra is imported
+    only here)."""
+    from sim.real.executor import build_torch_executor
+
+    print("loading the model and warming it up...", file=sys.stderr)
+    return build_torch_executor(
+        scenario,
+        resolved,
+        device=args.device or "cpu",
+        checkpoint=args.checkpoint,
+        text=args.text,
+        threads=args.threads,
+    )
+
+
+def _torch_summary(executor) -> dict:
+    return {
+        "device": str(executor.device),
+        "steps": len(executor.measurements),
+        "wall_s": executor.wall_s,
+        "peak_memory_bytes": executor.peak_memory_bytes,
+        "peak_kv_bytes": executor.peak_kv_bytes,
+        "swap_bytes": executor.transfer_bytes,
+        "output_tokens": sum(len(ids) for ids in executor.outputs().values()),
+    }
+
+
+def _write_outputs(executor, path: Path) -> None:
+    lines = [
+        json.dumps(
+            {
+                "request": index,
+                "prompt_ids": executor.prompt_ids(index).tolist(),
+                "output_ids": ids,
+                "output_text": executor.output_text(index),
+            }
+        )
+        for index, ids in sorted(executor.outputs().items())
+    ]
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("".join(f"{line}\n" for line in lines), encoding="utf-8")
+    tmp.replace(path)
+
+
 def run(args: argparse.Namespace) -> int:
+    given = [name for name in TORCH_OPTIONS if getattr(args, name, None) is not None]
+    if args.executor != "torch" and given:
+        raise KvsimError(f"--{given[0]} applies to --executor torch only", field=f"--{given[0]}")
     path = Path(args.scenario) if args.scenario else builtin_path()
     scenario = load_scenario(path, args.overrides)
-    workload = load_workload(scenario, resolve(scenario).max_model_len)
+    resolved = resolve(scenario)
+    workload = load_workload(scenario, resolved.max_model_len)
+    executor = _torch_executor(args, scenario, resolved) if args.executor == "torch" else None
     bar = None
     if not args.json and sys.stderr.isatty():
         from tqdm import tqdm
 
-        bar = tqdm(total=len(workload), unit="req", desc="simulating", file=sys.stderr)
+        desc = "running" if executor is not None else "simulating"
+        bar = tqdm(total=len(workload), unit="req", desc=desc, file=sys.stderr)
     try:
-        result = run_scenario(scenario, workload=workload, progress=bar.update if bar else None)
+        result = run_scenario(
+            scenario,
+            workload=workload,
+            executor=executor,
+            progress=bar.update if bar else None,
+        )
     finally:
         if bar is not None:
             bar.close()
+        if executor is not None:
+            executor.close()
     summary = _json_ready(result.summary)
+    if executor is not None:
+        summary["torch"] = _torch_summary(executor)
     if args.out is not None:
         from sim.report import write_report
 
@@ -116,11 +211,22 @@ def run(args: argparse.Namespace) -> int:
         tmp.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
         tmp.replace(out / "summary.json")
         write_report(result, out / "report.html")
+        if executor is not None:
+            _write_outputs(executor, out / "outputs.jsonl")
     if args.json:
         print(json.dumps(summary))
     else:
         print(f"scenario: {scenario.name} ({scenario.source})")
         print(format_table(summary))
+        if executor is not None:
+            measured = summary["torch"]
+            print(
+                f"torch executor on {measured['device']}: {measured['steps']} steps measured, "
+                f"{measured['wall_s']:.2f} s (warm-up excluded); peak memory "
+                f"{measured['peak_memory_bytes'] / 2**20:.0f} MiB, KV peak "
+                f"{measured['peak_kv_bytes'] / 2**20:.1f} MiB, "
+                f"{measured['swap_bytes'] / 2**20:.1f} MiB of KV swapped out and in"
+            )
         if args.out is not None:
             print(f"records and report written to {args.out}", file=sys.stderr)
     return 0

@@ -37,7 +37,11 @@ class BatchShape:
     (``None``: every chunk does); ``transfer_bytes`` KV bytes moved between HBM and host memory
     in this step and not overlapped with compute (offload/reload; 0 without a lower tier);
     ``policy_flops`` the KV policies' extra work in this step over the whole replica (token
-    scoring, low-rank reconstruction, merging; :class:`~sim.policies.footprint.KvFootprint`).
+    scoring, low-rank reconstruction, merging; :class:`~sim.policies.footprint.KvFootprint`);
+    ``overlapped_transfer_s`` seconds of KV work off the GPU (offloaded KV fetched over the
+    host link, or its attention run on the CPU) that proceeds layer by layer alongside the
+    step's layers (FlexGen's overlap; :mod:`sim.policies.offload`): the layers then take
+    max(their own time, this).
     """
 
     prefill_tokens: np.ndarray
@@ -47,6 +51,7 @@ class BatchShape:
     prefill_emits: np.ndarray | None = None
     transfer_bytes: float = 0.0
     policy_flops: float = 0.0
+    overlapped_transfer_s: float = 0.0
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
@@ -86,6 +91,10 @@ class BatchShape:
             raise KvsimError(f"must be >= 0, got {self.transfer_bytes}", field="transfer_bytes")
         if self.policy_flops < 0:
             raise KvsimError(f"must be >= 0, got {self.policy_flops}", field="policy_flops")
+        if not self.overlapped_transfer_s >= 0:
+            raise KvsimError(
+                f"must be >= 0, got {self.overlapped_transfer_s}", field="overlapped_transfer_s"
+            )
 
     @classmethod
     def prefill(cls, batch: int, prompt_tokens: int, cached_tokens: int = 0) -> BatchShape:

@@ -127,6 +127,17 @@ def transfer_time_s(transfer_bytes: float, accelerator: Accelerator) -> float:
     return transfer_bytes / rate
 
 
+def overlapped_exposed_s(
+    overlapped_s: float | np.ndarray, layers_s: float | np.ndarray
+) -> float | np.ndarray:
+    """The part of overlapped KV work (``BatchShape.overlapped_transfer_s``) the layers do not
+    hide. Per layer the step takes max(layer compute, layer transfer) (FlexGen's cost model,
+    ``reference/policies.md`` §3.3); with the work spread evenly over the layers the sum over
+    layers is max(layers_s, overlapped_s), i.e. layers_s plus this excess."""
+    excess = np.maximum(np.asarray(overlapped_s, dtype=np.float64) - layers_s, 0.0)
+    return excess if excess.ndim else float(excess)
+
+
 # ---- helpers -------------------------------------------------------------------------------
 def _roofline(flops_time: float, bytes_time: float) -> tuple[float, float]:
     """(compute-bound seconds, memory-bound seconds) of one kernel: exactly one is non-zero."""
@@ -464,6 +475,7 @@ class CostModel:
         ledger.kernel("attention_decode", self._decode_attention(batch))
         if batch.policy_flops:
             ledger.kernel("kv_policy", [self._policy_part(batch.policy_flops)])
+        layers_s = ledger.compute_s + ledger.memory_s
 
         rows = batch.num_emitting
         head_bytes = k.lm_head_weight_bytes + rows * k.lm_head_io_bytes_per_row if rows else 0.0
@@ -479,6 +491,7 @@ class CostModel:
         pp_s = k.pp_sends * (message * k.pp_s_per_byte + k.collective_latency_s) if tokens else 0.0
         ledger.other("pp_sendrecv", pp_s, k.pp_sends * message, "communication")
         transfer_s = transfer_time_s(batch.transfer_bytes, self.accelerator)
+        transfer_s += overlapped_exposed_s(batch.overlapped_transfer_s, layers_s)
         ledger.other("kv_transfer", transfer_s, batch.transfer_bytes, "transfer")
         overhead_s = k.overhead_s if tokens else 0.0
         ledger.other("overhead", overhead_s, 0.0, "overhead")
@@ -603,6 +616,7 @@ class CostModel:
         *,
         read_tokens: np.ndarray | None = None,
         policy_flops: np.ndarray | None = None,
+        overlapped_transfer_s: np.ndarray | None = None,
     ) -> np.ndarray:
         """Durations of ``steps`` consecutive pure-decode steps of the same sequences, step
         ``k`` attending ``context_tokens + k``. Only decode attention (and KV-policy work)
@@ -610,8 +624,8 @@ class CostModel:
         overhead, is fixed); attention depends on Σ_j min(context_j + k, window) per layer
         class, summed exactly for all k at once. ``read_tokens[k, j]`` replaces the context
         where a selection policy reads fewer tokens than it holds; ``policy_flops[k]`` adds
-        the policies' work in step ``k`` (both as :meth:`step` takes them in a
-        :class:`BatchShape`)."""
+        the policies' work in step ``k`` and ``overlapped_transfer_s[k]`` its off-GPU KV work
+        overlapped with the layers (all as :meth:`step` takes them in a :class:`BatchShape`)."""
         context = np.asarray(context_tokens, dtype=np.int64).reshape(-1)
         if steps < 0:
             raise KvsimError(f"must be >= 0, got {steps}", field="steps")
@@ -641,7 +655,11 @@ class CostModel:
         for layers, flops, nbytes, flops_per_s, bytes_per_s in parts:
             compute, memory = _roofline_array(flops / flops_per_s, nbytes / bytes_per_s)
             attention_s += layers * (compute + memory)
-        return fixed_s + attention_s
+        if overlapped_transfer_s is None:
+            return fixed_s + attention_s
+        layers_s = first.compute_s + first.memory_s - first.component("lm_head").time_s
+        layers_s = layers_s - first.component("attention_decode").time_s + attention_s
+        return fixed_s + attention_s + overlapped_exposed_s(overlapped_transfer_s, layers_s)
 
     # ---- conveniences --------------------------------------------------------------------
     def prefill_s(self, batch: int, prompt_tokens: int) -> float:

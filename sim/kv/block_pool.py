@@ -217,6 +217,35 @@ class BlockPool:
             self._cache.setdefault(block_hash, {})[block] = None
         self._num_cached[seq_id] = stop
 
+    def shrink(self, seq_id: int, total_tokens: int) -> int:
+        """Release ``seq_id``'s blocks beyond those holding ``total_tokens`` (a KV policy
+        dropped or compressed tokens), last block first, like :meth:`free`; returns the
+        blocks released (0 when it holds no more than that)."""
+        keep = blocks_for(total_tokens, self.block_tokens)
+        if not self.enable_prefix_caching:
+            held = self._held.get(seq_id, 0)
+            if held <= keep:
+                return 0
+            self._held[seq_id] = keep
+            self._free_count += held - keep
+            return held - keep
+        blocks = self._blocks.get(seq_id, [])
+        released = blocks[keep:]
+        if not released:
+            return 0
+        del blocks[keep:]
+        self._num_cached[seq_id] = min(self._num_cached[seq_id], keep)
+        self._release(released)
+        return len(released)
+
+    def _release(self, blocks: list[int]) -> None:
+        for block in reversed(blocks):
+            self._ref[block] -= 1
+            if self._ref[block] == 0:
+                self._free_queue[block] = None
+                if self._hash[block] is not None:
+                    self._cached_free += 1
+
     def free(self, seq_id: int) -> None:
         """Release ``seq_id``'s blocks: unreferenced ones join the free-queue tail, last block
         first, and keep their hashes (still hittable until evicted)."""
@@ -225,12 +254,7 @@ class BlockPool:
             return
         blocks = self._blocks.pop(seq_id)
         del self._num_cached[seq_id]
-        for block in reversed(blocks):
-            self._ref[block] -= 1
-            if self._ref[block] == 0:
-                self._free_queue[block] = None
-                if self._hash[block] is not None:
-                    self._cached_free += 1
+        self._release(blocks)
 
     def block_ids(self, seq_id: int) -> list[int]:
         """``seq_id``'s block table; empty when prefix caching is disabled (ids not tracked)."""

@@ -295,6 +295,19 @@ class RadixBlockPool:
         self._unlock(state.node)
         state.node, state.tree_blocks, state.private = node, stop, blocks[stop:]
 
+    def shrink(self, seq_id: int, total_tokens: int) -> int:
+        """Release ``seq_id``'s private blocks beyond those holding ``total_tokens``; blocks
+        in the tree stay locked (other requests may share them), so a sequence never drops
+        below its tree path. Returns the blocks released."""
+        state = self._seqs.get(seq_id)
+        if state is None:
+            return 0
+        keep = max(blocks_for(total_tokens, self.block_tokens) - state.tree_blocks, 0)
+        released = state.private[keep:]
+        del state.private[keep:]
+        self._free.extend(released)
+        return len(released)
+
     def free(self, seq_id: int) -> None:
         """Release ``seq_id``: unlock its tree path (now evictable, still hittable) and return
         its private blocks to the free list."""

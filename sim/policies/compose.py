@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -57,6 +58,18 @@ class KvBytes:
     def logical_savings_bytes(self) -> np.ndarray:
         """What the method drops from the model's view, whether or not memory is freed."""
         return self.full_bytes - self.logical_bytes
+
+
+@lru_cache(maxsize=256)
+def _layer_weights(strategy: KvStrategy, model: ModelSpec) -> tuple[np.ndarray, np.ndarray]:
+    holds = np.array([model.holds_kv(i) for i in range(model.num_layers)], dtype=np.float64)
+    factor = holds
+    if strategy.merging is not None:
+        factor = holds * strategy.merging.layer_bytes_factor(model, strategy.layout(model))
+    windows = np.array([model.layer_window_tokens(i) or np.inf for i in range(model.num_layers)])
+    factor.flags.writeable = False
+    windows.flags.writeable = False
+    return factor, windows
 
 
 @dataclass(frozen=True)
@@ -105,15 +118,9 @@ class KvStrategy:
         return self.low_rank.layout(model) if self.low_rank is not None else KvLayout.of(model)
 
     def layer_weights(self, model: ModelSpec) -> tuple[np.ndarray, np.ndarray]:
-        """Merge factor of each layer (0 for layers that hold no KV) and window caps."""
-        holds = np.array([model.holds_kv(i) for i in range(model.num_layers)], dtype=np.float64)
-        factor = holds
-        if self.merging is not None:
-            factor = holds * self.merging.layer_bytes_factor(model, self.layout(model))
-        windows = np.array(
-            [model.layer_window_tokens(i) or np.inf for i in range(model.num_layers)]
-        )
-        return factor, windows
+        """Merge factor of each layer (0 for layers that hold no KV) and window caps
+        (computed once per strategy and model; the arrays are read-only)."""
+        return _layer_weights(self, model)
 
     def _counts(
         self, model: ModelSpec, context_tokens: Any, prompt_tokens: Any

@@ -34,6 +34,11 @@ from workloads.model import ModelSpec
 
 #: Rows per vectorised evaluation, so a long stretch of a big batch stays within ~100 MB.
 _CHUNK_ROWS = 32768
+#: Block counts are tabulated per prompt length in runs of this many context lengths: the
+#: engine asks about contexts near each sequence's current one, step after step.
+_RUN_TOKENS = 256
+#: Tabulated runs kept before the table is cleared (~8 MB).
+_MAX_RUNS = 4096
 
 
 def _chunked(fn: Any, *arrays: np.ndarray) -> np.ndarray:
@@ -56,6 +61,9 @@ class KvFootprint:
     identity: bool = field(init=False)
     reads_context: bool = field(init=False)
     has_extra_flops: bool = field(init=False)
+    _runs: dict[tuple[int, int], np.ndarray] = field(
+        init=False, default_factory=dict, repr=False, compare=False
+    )
 
     def __post_init__(self) -> None:
         if not isinstance(self.block_tokens, int) or self.block_tokens < 1:
@@ -107,14 +115,41 @@ class KvFootprint:
         return np.ceil(physical.physical_bytes / block_bytes - 1e-9).astype(np.int64)
 
     def blocks(self, tokens: Any, prompt_tokens: Any) -> np.ndarray:
-        """Blocks held by sequences with ``tokens`` in KV and prompts of ``prompt_tokens``."""
+        """Blocks held by sequences with ``tokens`` in KV and prompts of ``prompt_tokens``
+        (tabulated in runs of context lengths per prompt length, computed on first use)."""
         t = np.asarray(tokens, dtype=np.int64).reshape(-1)
-        whole = -(-t // self.block_tokens)
         if self.identity:
-            return whole
+            return -(-t // self.block_tokens)
         prompt = np.broadcast_to(np.asarray(prompt_tokens, dtype=np.int64), t.shape)
-        held = _chunked(self._blocks, t, np.ascontiguousarray(prompt))
-        return np.where(t > 0, held, 0)
+        runs = self._runs
+        if t.size <= 8:  # the scheduler's per-sequence questions: plain lookups
+            pairs = list(zip(prompt.tolist(), t.tolist(), strict=True))
+            missing = list({(p, x // _RUN_TOKENS) for p, x in pairs} - runs.keys())
+            if missing:
+                self._tabulate(missing)
+            return np.array(
+                [runs[(p, x // _RUN_TOKENS)][x % _RUN_TOKENS] for p, x in pairs], dtype=np.int64
+            )
+        run = t // _RUN_TOKENS
+        key = prompt * (1 << 32) + run
+        unique, inverse = np.unique(key, return_inverse=True)
+        pairs = [(int(k >> 32), int(k & 0xFFFFFFFF)) for k in unique.tolist()]
+        missing = [pair for pair in pairs if pair not in runs]
+        if missing:
+            self._tabulate(missing)
+        table = np.stack([runs[pair] for pair in pairs])
+        return table[inverse, t % _RUN_TOKENS]
+
+    def _tabulate(self, runs: list[tuple[int, int]]) -> None:
+        if len(self._runs) + len(runs) > _MAX_RUNS:
+            self._runs.clear()
+        offsets = np.arange(_RUN_TOKENS)
+        prompts = np.repeat([p for p, _ in runs], _RUN_TOKENS)
+        tokens = (np.array([r for _, r in runs])[:, None] * _RUN_TOKENS + offsets).reshape(-1)
+        held = _chunked(self._blocks, tokens, prompts)
+        held = np.where(tokens > 0, held, 0).reshape(len(runs), _RUN_TOKENS)
+        for (p, r), row in zip(runs, held, strict=True):
+            self._runs[(p, r)] = row
 
     # ---- traffic and work ------------------------------------------------------------------
     def _read(self, context: np.ndarray, prompt: np.ndarray) -> np.ndarray:
@@ -158,3 +193,34 @@ class KvFootprint:
     @property
     def dequant_flops_per_element(self) -> float:
         return float(self.strategy.quantization.dequant_flops_per_element)
+
+
+LOSSLESS = "lossless"
+
+
+def strategy_summary(
+    footprint: KvFootprint, prompt_tokens: np.ndarray, output_tokens: np.ndarray
+) -> dict[str, Any]:
+    """The strategy's line in a run summary: its label, its quality per lossy component
+    (from the quality table; ``unknown`` where there is no entry, never a guess), and the KV
+    it saves on these requests at their final context (prompt + output − 1 tokens): physical
+    savings count whole blocks against the fp16 cache; logical savings count what the method
+    drops from the model's view, whether or not memory is freed (masking-only methods)."""
+    from sim.policies.quality import quality_label
+
+    strategy, model = footprint.strategy, footprint.model
+    entries = strategy.quality(model.id)
+    quality = "; ".join(f"{kind}: {quality_label(entry)}" for kind, entry in entries.items())
+    prompt = np.asarray(prompt_tokens, dtype=np.int64).reshape(-1)
+    final = prompt + np.asarray(output_tokens, dtype=np.int64).reshape(-1) - 1
+    physical = logical = 0.0
+    if final.size:
+        b = strategy.kv_bytes(model, final, prompt, footprint.block_tokens)
+        physical = 1.0 - float(b.physical_bytes.sum() / b.full_physical_bytes.sum())
+        logical = 1.0 - float(b.logical_bytes.sum() / b.full_bytes.sum())
+    return {
+        "kv_strategy": strategy.label(),
+        "kv_quality": quality or LOSSLESS,
+        "kv_physical_savings": physical,
+        "kv_logical_savings": logical,
+    }

@@ -1,14 +1,19 @@
 """Quality of lossy KV policies, looked up — never estimated.
 
 Entries come from ``quality_table.toml`` beside this module (published figures with their
-paper, benchmark and figure) and from tables the real-execution harness writes (measured,
-with a run id). An entry names every parameter of its policy and matches only a policy with
-exactly those parameters on exactly that model id; anything else is "unknown".
+paper, benchmark and figure) and from what the real-execution harness measured (``kvsim
+quality``, written by :func:`write_measured` below a marker line, with a run id). An entry
+names every parameter of its policy (parameters left unset, ``None``, are omitted: TOML has
+no null) and matches only a policy with exactly those parameters on exactly that model id;
+anything else is "unknown".
 """
 
 from __future__ import annotations
 
 import functools
+import json
+import os
+import tempfile
 import tomllib
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -16,13 +21,18 @@ from pathlib import Path
 from typing import Any
 
 from hardware.errors import KvsimError
-from sim.policies.registry import get_policy, policy_params
+from sim.policies.registry import get_policy
 
 TABLE_PATH = Path(__file__).resolve().parent / "quality_table.toml"
 ORIGINS = ("published", "measured")
 _REQUIRED = ("model", "kind", "policy", "params", "metric", "value", "baseline", "origin")
 _CITATION = {"published": ("paper", "benchmark", "figure"), "measured": ("run_id",)}
 UNKNOWN = "unknown"
+#: Everything below this line in a table file is rewritten by :func:`write_measured`.
+MEASURED_MARKER = (
+    "# ---- measured by `kvsim quality` (sim/real/quality.py); rewritten by each run, "
+    "edit above this line ----"
+)
 
 
 @dataclass(frozen=True)
@@ -109,7 +119,9 @@ def _entries(raw: Iterable[Any], source: str) -> Iterable[QualityEntry]:
             policy = get_policy(item["kind"], item["policy"], **item["params"])
         except KvsimError as err:
             raise KvsimError(err.message, source=source, field=f"{where}.{err.field}") from None
-        missing = sorted(set(policy_params(type(policy))) - set(item["params"]))
+        missing = sorted(
+            k for k, v in policy.params().items() if k not in item["params"] and v is not None
+        )
         if missing:
             raise KvsimError(
                 f"name every parameter of {item['policy']} (missing {', '.join(missing)}) so the "
@@ -134,3 +146,80 @@ def _entries(raw: Iterable[Any], source: str) -> Iterable[QualityEntry]:
 def default_quality_table() -> QualityTable:
     """The published entries shipped with kvsim."""
     return QualityTable.from_toml(TABLE_PATH)
+
+
+def measured_entry(
+    model: str, policy: Any, metric: str, value: float, baseline: float, run_id: str
+) -> QualityEntry:
+    """A measured entry for ``policy`` (all its parameters) on ``model``."""
+    return QualityEntry(
+        model=model,
+        kind=policy.kind,
+        policy=policy.name,
+        params=tuple(policy.params().items()),
+        metric=metric,
+        value=float(value),
+        baseline=float(baseline),
+        origin="measured",
+        citation=(("run_id", run_id),),
+    )
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    return json.dumps(str(value), ensure_ascii=False)
+
+
+def _render(entry: QualityEntry) -> str:
+    params = ", ".join(f"{k} = {_toml_value(v)}" for k, v in entry.params if v is not None)
+    lines = [
+        "[[entry]]",
+        f"model = {_toml_value(entry.model)}",
+        f"kind = {_toml_value(entry.kind)}",
+        f"policy = {_toml_value(entry.policy)}",
+        f"params = {{ {params} }}" if params else "params = {}",
+        f"metric = {_toml_value(entry.metric)}",
+        f"value = {_toml_value(entry.value)}",
+        f"baseline = {_toml_value(entry.baseline)}",
+        f"origin = {_toml_value(entry.origin)}",
+        *(f"{k} = {_toml_value(v)}" for k, v in entry.citation),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _entry_key(entry: QualityEntry) -> tuple[Any, ...]:
+    return (entry.model.lower(), entry.kind, entry.policy, entry.params, entry.metric)
+
+
+def write_measured(entries: Iterable[QualityEntry], path: str | Path = TABLE_PATH) -> None:
+    """Add measured entries to the table file below :data:`MEASURED_MARKER`, replacing a
+    measured entry there with the same model, policy, parameters and metric. Lines above the
+    marker (published entries, comments) are kept as written. The new file is checked by
+    reading it back before it replaces the old one (temp file, then rename)."""
+    path = Path(path)
+    text = path.read_text(encoding="utf-8") if path.exists() else ""
+    head, _, tail = text.partition(MEASURED_MARKER)
+    kept = {_entry_key(e): e for e in _entries(tomllib.loads(tail).get("entry", []), str(path))}
+    for entry in entries:
+        if entry.origin != "measured":
+            raise KvsimError(
+                f"only measured entries are written, got {entry.origin!r}", field="origin"
+            )
+        kept[_entry_key(entry)] = entry
+    body = "\n".join(_render(e) for e in kept.values())
+    new_text = head.rstrip("\n") + ("\n\n" if head.strip() else "") + MEASURED_MARKER + "\n\n"
+    new_text += body
+    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as out:
+            out.write(new_text)
+        QualityTable.from_toml(temp)
+        os.replace(temp, path)
+    finally:
+        if os.path.exists(temp):
+            os.unlink(temp)
+    if path.resolve() == TABLE_PATH:
+        default_quality_table.cache_clear()

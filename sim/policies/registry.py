@@ -37,6 +37,8 @@ BUILTIN_MODULES = (
     "sim.policies.quantization",
     "sim.policies.low_rank",
     "sim.policies.merging",
+    "sim.policies.offload",
+    "sim.scheduling",
 )
 #: Parameters whose values replace each other: naming one clears the other's default.
 _BUDGET_PAIR = ("budget_tokens", "budget_fraction")

@@ -123,6 +123,30 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return x * cos + rotated * sin
 
 
+def attend(
+    q: torch.Tensor,
+    keys: torch.Tensor,
+    values: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    with_probs: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Grouped-query attention ``softmax(q·kᵀ/√d + mask)·v`` of queries ``[B, H, T, d]`` over
+    keys and values ``[B, H_kv, L, d]`` (query head ``h`` reads KV head ``h // (H/H_kv)``)
+    under a boolean ``mask`` broadcastable to ``[B, H, T, L]`` (True: may attend; every row
+    needs one True). PyTorch's fused kernel unless ``with_probs``; then an explicit float32
+    softmax whose probabilities ``[B, H, T, L]`` (masked entries zero) are returned too."""
+    if not with_probs:
+        out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, enable_gqa=True)
+        return out, None
+    group = q.shape[1] // keys.shape[1]
+    keys = keys.repeat_interleave(group, dim=1)
+    values = values.repeat_interleave(group, dim=1)
+    scores = (q.float() @ keys.float().transpose(-1, -2)) / math.sqrt(q.shape[-1])
+    probs = torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=-1)
+    return probs.to(values.dtype) @ values, probs
+
+
 class Attention(nn.Module):
     def __init__(self, config: LlamaConfig, layer: int) -> None:
         super().__init__()
@@ -152,19 +176,11 @@ class Attention(nn.Module):
         cache.write(self.layer, index.write_slots, k[index.valid], v[index.valid])
         keys, values = cache.read(self.layer, index.read_slots)
         keys, values = keys.to(q.dtype), values.to(q.dtype)
-        q = q.transpose(1, 2)
-        if observer is None:
-            out = F.scaled_dot_product_attention(
-                q, keys, values, attn_mask=index.mask, enable_gqa=True
-            )
-        else:
-            group = self.heads // self.kv_heads
-            keys = keys.repeat_interleave(group, dim=1)
-            values = values.repeat_interleave(group, dim=1)
-            scores = (q.float() @ keys.float().transpose(-1, -2)) / math.sqrt(self.head_dim)
-            probs = torch.softmax(scores.masked_fill(~index.mask, float("-inf")), dim=-1)
+        out, probs = attend(
+            q.transpose(1, 2), keys, values, index.mask, with_probs=observer is not None
+        )
+        if observer is not None:
             observer(self.layer, probs)
-            out = probs.to(values.dtype) @ values
         return self.o_proj(out.transpose(1, 2).reshape(batch, new, self.heads * self.head_dim))
 
 

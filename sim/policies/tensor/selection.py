@@ -48,6 +48,19 @@ def streaming_mask(keys: torch.Tensor, sinks: int, window: int) -> torch.Tensor:
     return keep.expand(heads, length).clone()
 
 
+def streaming_visible(
+    key_positions: torch.Tensor, query_positions: torch.Tensor, sinks: int, window: int
+) -> torch.Tensor:
+    """StreamingLLM seen from each query: a query at position ``p`` reads the first ``sinks``
+    positions and the last ``window`` positions of ``0..p`` (itself included), i.e.
+    :func:`streaming_mask` of its own ``p + 1``-token context. Works on positions, so it stays
+    right for caches that hold gaps or padding. ``key_positions`` ``(..., L)`` and
+    ``query_positions`` ``(..., T)`` give ``(..., T, L)``; causality is the caller's."""
+    keys = key_positions.unsqueeze(-2)
+    queries = query_positions.unsqueeze(-1)
+    return (keys < sinks) | (keys > queries - window)
+
+
 def duo_mask(
     keys: torch.Tensor, streaming_heads: torch.Tensor, sinks: int, window: int
 ) -> torch.Tensor:
@@ -160,13 +173,25 @@ def quest_mask(keys: torch.Tensor, query: torch.Tensor, budget: int, page: int) 
     """Quest: pages of ``page`` tokens scored by ``Σ_c max(q_c·min_c, q_c·max_c)`` with the
     page's per-channel key min and max; the top ``ceil(budget/page)`` pages are read. Under
     GQA the group's query heads sum their bounds, so a KV head reads one page set."""
+    return quest_query_mask(keys, query.unsqueeze(1), budget, page)[:, 0]
+
+
+def quest_query_mask(
+    keys: torch.Tensor, queries: torch.Tensor, budget: int, page: int
+) -> torch.Tensor:
+    """:func:`quest_mask` for ``T_q`` queries ``(H_q, T_q, d)`` at once: ``(H_kv, T_q, T)``.
+    Since ``max ≥ min`` per channel, ``max(q·min, q·max) = relu(q)·max + min(q, 0)·min``, so
+    the bounds of every query and page are two matrix products."""
     heads, length, dim = keys.shape
     pages = -(-length // page)
     padded = pages * page - length
     k = keys.float()
     low = F.pad(k, (0, 0, 0, padded), value=math.inf).reshape(heads, pages, page, dim).amin(2)
     high = F.pad(k, (0, 0, 0, padded), value=-math.inf).reshape(heads, pages, page, dim).amax(2)
-    q = query.float().reshape(heads, -1, 1, dim)
-    bound = torch.maximum(q * low.unsqueeze(1), q * high.unsqueeze(1)).sum(-1).sum(1)
-    chosen = _topk_mask(bound, min(pages, -(-budget // page)))
-    return chosen.repeat_interleave(page, dim=-1)[:, :length]
+    q = queries.float().reshape(heads, -1, queries.shape[1], dim)
+    positive = q.clamp_min(0)
+    bound = positive @ high.unsqueeze(1).transpose(-1, -2) + (q - positive) @ low.unsqueeze(
+        1
+    ).transpose(-1, -2)
+    chosen = _topk_mask(bound.sum(1), min(pages, -(-budget // page)))
+    return chosen.repeat_interleave(page, dim=-1)[..., :length]

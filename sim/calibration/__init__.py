@@ -1,0 +1,127 @@
+"""Calibration and validation of the cost model against real steps (``docs/calibration.md``).
+
+``design`` chooses the steps (fitted and held out), ``measure`` times them on kvsim's paged
+torch model, ``fit`` fits the cost model's efficiency parameters by robust least squares,
+``profile`` writes the calibrated hardware profile, ``validate`` measures per-step and
+end-to-end errors on held-out steps and workloads, ``published`` reads externally measured
+latencies, and ``report`` renders the HTML report. Only ``measure`` and ``validate.replay``
+need torch (imported when called).
+"""
+
+from sim.calibration.design import (
+    CPU_LIMITS,
+    DECODE,
+    FIT,
+    FITTED_KINDS,
+    GPU_LIMITS,
+    HELD_OUT,
+    MIXED,
+    PREFILL,
+    QUICK_LIMITS,
+    DesignLimits,
+    StepPoint,
+    design_steps,
+    split_points,
+)
+from sim.calibration.fit import (
+    BF16,
+    DEFAULT_FREE,
+    FitResult,
+    FittedParameter,
+    Precision,
+    cost_model,
+    fit_efficiency,
+    predict_s,
+    prior_value,
+)
+from sim.calibration.measure import (
+    CLOCKS,
+    StepTiming,
+    build_model,
+    check_device,
+    clock_function,
+    default_clock,
+    device_name,
+    llama_config,
+    measure_steps,
+    read_steps_csv,
+    timings_frame,
+    write_steps_csv,
+)
+from sim.calibration.profile import (
+    CalibrationInfo,
+    check_output,
+    profile_text,
+    write_profile,
+)
+from sim.calibration.published import (
+    REQUIRED_COLUMNS,
+    PublishedRow,
+    mape_by_kind,
+    published_errors,
+    read_published,
+)
+from sim.calibration.validate import (
+    E2E_METRICS,
+    RecordingExecutor,
+    Replay,
+    held_out_scenarios,
+    pool_fraction,
+    profile_on_path,
+    replay,
+    step_errors,
+)
+
+__all__ = [
+    "BF16",
+    "CLOCKS",
+    "CPU_LIMITS",
+    "DECODE",
+    "DEFAULT_FREE",
+    "E2E_METRICS",
+    "FIT",
+    "FITTED_KINDS",
+    "GPU_LIMITS",
+    "HELD_OUT",
+    "MIXED",
+    "PREFILL",
+    "QUICK_LIMITS",
+    "REQUIRED_COLUMNS",
+    "CalibrationInfo",
+    "DesignLimits",
+    "FitResult",
+    "FittedParameter",
+    "Precision",
+    "PublishedRow",
+    "RecordingExecutor",
+    "Replay",
+    "StepPoint",
+    "StepTiming",
+    "build_model",
+    "check_device",
+    "check_output",
+    "clock_function",
+    "cost_model",
+    "default_clock",
+    "design_steps",
+    "device_name",
+    "fit_efficiency",
+    "held_out_scenarios",
+    "llama_config",
+    "mape_by_kind",
+    "measure_steps",
+    "pool_fraction",
+    "predict_s",
+    "prior_value",
+    "profile_on_path",
+    "profile_text",
+    "published_errors",
+    "read_published",
+    "read_steps_csv",
+    "replay",
+    "split_points",
+    "step_errors",
+    "timings_frame",
+    "write_profile",
+    "write_steps_csv",
+]
