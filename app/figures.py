@@ -328,29 +328,3 @@ def policy_pareto_figure(frame: pd.DataFrame, x: str, x_title: str) -> go.Figure
             align="left",
         )
     return _layout(fig, f"Quality vs {x_title}", x_title, "quality retained (fraction of full KV)")
-
-
-def memory_plan_figure(parts: pd.DataFrame) -> go.Figure:
-    """One GPU's memory (columns ``part``, ``GB``) as one stacked horizontal bar."""
-    fig = go.Figure(
-        [
-            go.Bar(
-                x=[row["GB"]],
-                y=["per GPU"],
-                orientation="h",
-                name=row["part"],
-                hovertemplate="%{x:.3g} GB<extra>%{fullData.name}</extra>",
-            )
-            for _, row in parts.iterrows()
-        ]
-    )
-    fig.update_yaxes(showticklabels=False)
-    return _layout(
-        fig,
-        f"GPU memory plan ({parts['GB'].sum():.4g} GB)",
-        "GB",
-        "",
-        barmode="stack",
-        height=200,
-        margin={"l": 20, "r": 20, "t": 40, "b": 20},
-    )

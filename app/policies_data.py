@@ -10,10 +10,14 @@ dashboard's run cache with the What-if page.
 Two kinds of numbers per strategy:
 
 - **analytic KV bytes** (:meth:`KvStrategy.kv_bytes`, block granularity): the mean over the
-  workload's requests of the KV one request holds at its last token (prompt + output), and
-  its ratio to the full fp16 cache of the same request; independent of the simulation;
-- **simulated** (``kvsim run``'s summary keys): KV peak, output throughput, TTFT/TPOT/E2E
-  p90, goodput and USD per million output tokens.
+  workload's requests of the KV one request holds at its final context (prompt + output − 1
+  tokens: the last generated token's KV is never written, as in the engine's summary), and
+  its ratio to the full fp16 cache of the same requests; independent of the simulation;
+- **simulated** (``kvsim run``'s summary keys): the KV memory saved against the fp16 cache
+  (``kv_physical_savings``, whole blocks at each finished request's final context) and what
+  the method drops from the model's view (``kv_logical_savings``; more than the memory saved
+  for masking-only methods such as Quest), KV peak, output throughput, TTFT/TPOT/E2E p90,
+  goodput and USD per million output tokens.
 
 Quality is looked up, never estimated (:meth:`KvStrategy.quality`, ``docs/policies.md``): a
 strategy whose every component is lossless (full cache, fp16/bf16) is ``lossless`` with
@@ -115,10 +119,11 @@ def strategy_scenario(base: Mapping[str, Any], tables: Tables) -> dict[str, Any]
 def kv_memory(
     strategy: KvStrategy, model: ModelSpec, workload: Workload, block_tokens: int
 ) -> dict[str, float]:
-    """Mean KV bytes per request at its last token under ``strategy`` and under the full
-    fp16 cache, both at ``block_tokens`` block granularity, and their ratio."""
+    """Mean KV bytes per request at its final context (prompt + output − 1 tokens) under
+    ``strategy`` and under the full fp16 cache, both at ``block_tokens`` block granularity,
+    and their ratio (of the sums, so long requests weigh by their bytes)."""
     prompt = workload.prompt_tokens
-    context = prompt + workload.output_tokens
+    context = prompt + workload.output_tokens - 1
     kv = strategy.kv_bytes(model, context, prompt, block_tokens)
     physical = float(np.mean(kv.physical_bytes))
     full = float(np.mean(kv.full_physical_bytes))
@@ -158,6 +163,8 @@ def strategy_row(
         "status": "ok" if error is None else error,
         "KV per request (MB)": None if memory is None else memory["kv_bytes_per_request"] / MB,
         "KV vs full fp16": None if memory is None else memory["ratio"],
+        "KV memory saved": got.get("kv_physical_savings"),
+        "KV dropped from view": got.get("kv_logical_savings"),
         "KV peak (GB)": _scaled(got.get("kv_peak_bytes"), 1e9),
         "output tokens/s": got.get("throughput_tok_per_s"),
         "TTFT p90 (s)": got.get("ttft_p90_s"),

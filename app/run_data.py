@@ -118,18 +118,3 @@ def host_kv_frame(steps: pd.DataFrame, kv_bytes_per_block: float) -> pd.DataFram
         return None
     host = steps.drop(columns="kv_blocks_used").rename(columns={"kv_blocks_host": "kv_blocks_used"})
     return kv_over_time(host, kv_bytes_per_block)
-
-
-#: Parts of one GPU's memory in a :class:`sim.cost.MemoryPlan`, in the order they stack.
-MEMORY_PARTS = (
-    ("weights_bytes_per_gpu", "weights"),
-    ("activation_bytes_per_gpu", "activations"),
-    ("kv_pool_bytes_per_gpu", "KV pool"),
-    ("reserved_bytes_per_gpu", "outside the engine's fraction"),
-)
-
-
-def memory_plan_frame(plan: Mapping[str, float]) -> pd.DataFrame:
-    """One GPU's memory by part (columns ``part``, ``GB``) from a memory plan's
-    :meth:`~sim.cost.MemoryPlan.as_dict`; the parts add up to the device's memory."""
-    return pd.DataFrame([{"part": label, "GB": plan[key] / 1e9} for key, label in MEMORY_PARTS])

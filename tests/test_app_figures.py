@@ -235,20 +235,6 @@ def test_trace_tables_from_stats():
     assert trace_data.arrival_window_s(100.0) == 1.0
 
 
-def test_memory_plan_adds_up_to_the_device():
-    # plan_memory splits each GPU into weights, activations, KV pool and the share outside
-    # gpu_memory_fraction, which together are the whole device (vLLM's accounting).
-    from sim.cost import plan_memory
-
-    plan = plan_memory(get_model("llama-3.1-8b"), get_accelerator("h100-sxm"))
-    parts = run_data.memory_plan_frame(plan.as_dict())
-    assert parts["GB"].sum() == pytest.approx(80.0)
-    assert parts.set_index("part").loc["outside the engine's fraction", "GB"] == pytest.approx(8.0)
-    fig = figures.memory_plan_figure(parts)
-    assert [t.x[0] for t in fig.data] == pytest.approx(list(parts["GB"]))
-    assert fig.layout.barmode == "stack" and fig.layout.title.text == "GPU memory plan (80 GB)"
-
-
 def _plans() -> pd.DataFrame:
     return pd.DataFrame(
         {

@@ -83,12 +83,13 @@ def test_strategy_scenario_replaces_only_the_strategy_tables():
 
 def test_kv_memory_of_llama_8b_by_hand():
     # Llama-3.1-8B: 2 (K, V) × 32 layers × 8 KV heads × 128 dims × 2 bytes = 128 KiB per
-    # token in fp16 (reference models.md); a request holds ceil(tokens / 16) blocks of 16.
+    # token in fp16 (reference models.md); a request ends holding prompt + output − 1 tokens
+    # (the last token's KV is never written) in ceil(tokens / 16) blocks of 16.
     model = get_model("llama-3.1-8b")
     data = state.default_scenario()
     data["workload"]["synthetic"]["requests"] = 300
     workload = load_workload(Scenario.from_dict(data), model.max_context_tokens)
-    tokens = workload.prompt_tokens + workload.output_tokens
+    tokens = workload.prompt_tokens + workload.output_tokens - 1
     by_hand = float(np.mean(np.ceil(tokens / 16) * 16)) * 128 * KIB
     full = policies_data.kv_memory(KvStrategy(), model, workload, 16)
     assert full["kv_bytes_per_request"] == pytest.approx(by_hand)
@@ -188,6 +189,9 @@ def test_run_of_several_strategies_matches_the_engine():
         assert frame.loc[name, "output tokens/s"] == summary["throughput_tok_per_s"]
         assert frame.loc[name, "KV peak (GB)"] == pytest.approx(summary["kv_peak_bytes"] / 1e9)
     assert frame.loc["fp8", "KV vs full fp16"] == pytest.approx(0.5)
+    # Every request finishes, so the engine's memory saved at each final context is one minus
+    # the analytic ratio over the same requests.
+    assert list(frame["KV memory saved"]) == pytest.approx(list(1 - frame["KV vs full fp16"]))
     # StreamingLLM keeps 4 sinks + 1,020 recent tokens: less than the full cache.
     assert frame.loc["streaming_llm", "KV vs full fp16"] < 1.0
     assert list(frame["quality"]) == ["lossless", "unknown", "unknown"]

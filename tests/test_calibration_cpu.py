@@ -62,6 +62,8 @@ def test_quick_cpu_calibration_fits_sane_parameters(tmp_path: Path, capsys) -> N
         assert 0.0 < getattr(eff, name) <= 1.0, name
     assert eff.decode_attention_fraction is None or 0 < eff.decode_attention_fraction <= 1
     assert eff.step_overhead_s >= 0.0 and eff.layer_overhead_s >= 0.0
+    base = load_accelerator_file(summary["base"])  # the probed peaks, kept for reuse
+    assert base.id == "local-cpu" and profile.bf16_flops_per_s == base.bf16_flops_per_s
     steps = read_steps_csv(summary["steps"])
     assert [t.point for t in steps] == list(design_steps(QUICK_LIMITS))
     assert all(t.repeats == 2 and t.median_s > 0 for t in steps)

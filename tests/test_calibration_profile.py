@@ -251,3 +251,50 @@ def test_padded_shape_is_what_the_torch_model_computes() -> None:
     assert mixed.prefill_tokens.tolist() == [64] * 4
     assert mixed.prefill_context.tolist() == [64] * 4
     assert mixed.num_decode == 0
+
+
+def test_replay_against_the_padded_simulation_has_zero_padded_error(tmp_path: Path) -> None:
+    from sim.calibration import PaddedCostModelExecutor
+
+    profile = tmp_path / "l4-padded.toml"
+    text = (BUILTIN_CATALOG_DIR / "accelerators" / "l4.toml").read_text()
+    profile.write_text(text.replace('id = "l4"', 'id = "l4-padded"'))
+    calibrated = load_accelerator_file(profile)
+    with profile_on_path(profile):
+        steady = held_out_scenarios(SMOL, calibrated)[0]
+        twin = build_executor(steady, resolve(steady))
+        padded = PaddedCostModelExecutor(twin.cost_model, twin.kv_bytes_per_token)
+        result = replay(steady, calibrated, real_executor=padded)
+    assert result.steps["padded_error"].abs().max() < 1e-12
+    errors = result.metric_errors()
+    assert np.nanmax(np.abs(errors["padded_error"])) < 1e-9
+    # steady arrivals mix prefill chunks with running decodes: padding makes them slower
+    assert (result.steps["kind"] == MIXED).any()
+    assert (result.steps.loc[result.steps["kind"] == MIXED, "error"] < 0).all()
+
+
+def test_validate_cli_reads_held_out_steps_from_a_steps_file(tmp_path: Path, capsys) -> None:
+    import argparse
+    import json
+
+    from sim.calibration import mape_by_kind
+    from sim.cli import validate_cmd
+
+    profile = tmp_path / "l4-steps.toml"
+    text = (BUILTIN_CATALOG_DIR / "accelerators" / "l4.toml").read_text()
+    profile.write_text(text.replace('id = "l4"', 'id = "l4-steps"'))
+    timings = _timings()
+    steps = write_steps_csv(timings, tmp_path / "steps.csv")
+    parser = argparse.ArgumentParser()
+    validate_cmd.register(parser.add_subparsers())
+    args = parser.parse_args(
+        ["validate", "--profile", str(profile), "--steps", str(steps), "--no-e2e", "--json"]
+    )
+    assert args.func(args) == 0
+    out = json.loads(capsys.readouterr().out)
+    held = [t for t in timings if t.point.split == HELD_OUT]
+    expected = mape_by_kind(step_errors(held, SMOL, load_accelerator_file(profile)))
+    assert out["held_out_steps"]["mape"] == pytest.approx(expected)
+    assert len(out["held_out_steps"]["rows"]) == len(held)
+    assert Path(out["report"]) == tmp_path / "l4-steps.validation.html"
+    assert "end_to_end" not in out

@@ -49,6 +49,7 @@ from sim.real.executor import (  # noqa: E402
 from sim.real.model import LlamaModel, greedy_generate  # noqa: E402
 from sim.real.offload import FileTier, PinnedHostTier  # noqa: E402
 from sim.real.paged_backend import PagedKvBackend  # noqa: E402
+from sim.real.tokenizer import gpt2_byte_chars  # noqa: E402
 from sim.real.weights import LlamaConfig, load_checkpoint, smollm2_gguf_path  # noqa: E402
 from sim.run import load_workload, resolve, run_scenario  # noqa: E402
 from sim.scenario import Scenario, load_scenario  # noqa: E402
@@ -95,12 +96,6 @@ DEVICES = [
 
 
 # ---- fixtures ------------------------------------------------------------------------------
-def _gpt2_byte_chars() -> list[str]:
-    from sim.real.tokenizer import gpt2_byte_chars
-
-    return gpt2_byte_chars()
-
-
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A Hugging Face-style checkpoint of a random tiny Llama (weights from a seeded numpy
@@ -135,7 +130,7 @@ def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         for name, shape in shapes.items()
     }
     save_file(tensors, str(directory / "model.safetensors"))
-    vocab = {char: i for i, char in enumerate(_gpt2_byte_chars())}
+    vocab = {char: i for i, char in enumerate(gpt2_byte_chars())}
     vocab["<eos>"] = 256
     tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=[]))
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -285,6 +280,11 @@ def test_file_tier_temporary_directory_is_removed_on_close() -> None:
     assert (directory / "seq-0.kv").stat().st_size == 16
     tier.close()
     assert not directory.exists()
+    forgotten = FileTier()
+    forgotten.store(0, [torch.ones(4)])
+    directory = forgotten.directory
+    del forgotten  # never closed: its temporary directory still goes
+    assert not directory.exists()
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
@@ -360,7 +360,7 @@ def test_backend_refuses_what_the_engine_would_not_allow(tiny_dir: Path) -> None
 
 
 # ---- through the engine --------------------------------------------------------------------
-@pytest.mark.parametrize("preemption", ["swap", "recompute"])
+@pytest.mark.parametrize("preemption", ["swap", "recompute", "cost"])
 def test_torch_run_has_the_cost_model_schedule(
     tiny_dir: Path, text_file: Path, preemption: str
 ) -> None:
@@ -418,7 +418,7 @@ def test_replaying_measured_durations_reproduces_the_real_run(
     assert (real.steps.loc[real.steps["swap_out_tokens"] > 0, "transfer_s"] > 0).all()
 
 
-@pytest.mark.parametrize("preemption", ["swap", "recompute"])
+@pytest.mark.parametrize("preemption", ["swap", "recompute", "cost"])
 def test_preempted_requests_generate_the_same_tokens(
     tiny_dir: Path, tmp_path: Path, text_file: Path, preemption: str
 ) -> None:
@@ -448,7 +448,8 @@ def test_preempted_requests_generate_the_same_tokens(
         i: ref[:n] for i, (ref, n) in enumerate(zip(reference, lengths, strict=True))
     }
     swapped_tokens = int(small.steps["swap_out_tokens"].sum() + small.steps["swap_in_tokens"].sum())
-    assert (swapped_tokens > 0) == (preemption == "swap")
+    if preemption != "cost":  # cost preemption picks swap or recompute per victim
+        assert (swapped_tokens > 0) == (preemption == "swap")
     # Every swapped token moved its K and V of every layer, in float64, out and back.
     assert tight.transfer_bytes == swapped_tokens * TINY_KV_ELEMENTS * 8
 
@@ -498,6 +499,25 @@ def test_policy_strategy_is_none_for_the_plain_16_bit_cache() -> None:
     ):
         strategy = policy_strategy(load_scenario(path, overrides))
         assert strategy is not None and getattr(strategy, kind).name == name
+
+
+@pytest.mark.parametrize(
+    "policy", [{"quantization": {"name": "int8"}}, {"selection": {"name": "streaming_llm"}}]
+)
+def test_kv_policies_run_on_the_policy_backend(
+    tiny_dir: Path, text_file: Path, policy: dict
+) -> None:
+    policy_cache = pytest.importorskip("sim.real.policy_cache")
+    data = tiny_scenario(tiny_dir, blocks=24, requests=10).to_dict() | {"policies": policy}
+    scenario = Scenario.from_dict(data)
+    with build_torch_executor(
+        scenario, resolve(scenario), checkpoint=tiny_dir, text=text_file, threads=1
+    ) as executor:
+        result = run_scenario(scenario, executor=executor)
+    assert isinstance(executor.backend, policy_cache.PolicyKvBackend)
+    assert result.summary["requests_completed"] == 10
+    lengths = [len(executor.outputs()[i]) for i in range(10)]
+    assert lengths == result.requests["output_tokens"].tolist()
 
 
 def test_decode_stretch_is_refused(tiny_dir: Path) -> None:

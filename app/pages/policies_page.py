@@ -237,6 +237,8 @@ def _results(frame: pd.DataFrame) -> None:
         width="stretch",
         column_config={
             "KV vs full fp16": st.column_config.NumberColumn(format="percent"),
+            "KV memory saved": st.column_config.NumberColumn(format="percent"),
+            "KV dropped from view": st.column_config.NumberColumn(format="percent"),
             "SLO attainment": st.column_config.NumberColumn(format="percent"),
         },
     )
@@ -261,7 +263,7 @@ st.title("Policies")
 st.caption(
     "KV strategies (token selection, quantization, low rank, merging; docs/policies.md) on "
     "one model, device and workload. KV per request is analytic (the strategy's bytes at "
-    "each request's last token, whole blocks); the rest is simulated."
+    "each request's final context, whole blocks); the rest is simulated."
 )
 with st.sidebar:
     base = _base_scenario()

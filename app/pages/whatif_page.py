@@ -442,12 +442,6 @@ with ui.user_errors():
         f"per replica; {scenario.num_gpus} GPU{'s' if scenario.num_gpus > 1 else ''} in all. "
         "Share this scenario by copying the URL."
     )
-    # Drawn before any run, so the browser has loaded plotly.js by the time Run is clicked.
-    st.plotly_chart(
-        figures.memory_plan_figure(run_data.memory_plan_frame(plan.as_dict())),
-        width="stretch",
-        key="wi_memory",
-    )
     ready = True
 
 key = state.scenario_hash(data) if ready else None

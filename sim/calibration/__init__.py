@@ -63,9 +63,11 @@ from sim.calibration.published import (
 )
 from sim.calibration.validate import (
     E2E_METRICS,
+    PaddedCostModelExecutor,
     RecordingExecutor,
     Replay,
     held_out_scenarios,
+    padded_shape,
     pool_fraction,
     profile_on_path,
     replay,
@@ -91,6 +93,7 @@ __all__ = [
     "DesignLimits",
     "FitResult",
     "FittedParameter",
+    "PaddedCostModelExecutor",
     "Precision",
     "PublishedRow",
     "RecordingExecutor",
@@ -110,6 +113,7 @@ __all__ = [
     "llama_config",
     "mape_by_kind",
     "measure_steps",
+    "padded_shape",
     "pool_fraction",
     "predict_s",
     "prior_value",

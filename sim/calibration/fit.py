@@ -23,7 +23,7 @@ reported as not identified. Which parameters are free by default and why the oth
 their priors (all-reduce and host-link fractions need tensor parallelism or offload traffic;
 ``layer_overhead_s`` is collinear with ``step_overhead_s`` for a single model) is explained in
 ``docs/calibration.md``. Standard errors come from the Gauss–Newton covariance
-``s²(JᵀJ)⁻¹`` with ``s² = Σr²/(m − n)`` at the solution.
+``s²(JᵀJ)⁺`` (pseudo-inverse) with ``s² = Σr²/(m − n)`` at the solution.
 """
 
 from __future__ import annotations
@@ -220,16 +220,13 @@ def fit_efficiency(
     jacobian = _jacobian(residuals, x, bounds)
     # Relative change of the residuals when a parameter sweeps its whole range.
     identified = np.linalg.norm(jacobian, axis=0) * (bounds[1] - bounds[0]) > 1e-6
-    unset = set()
     for k, name in enumerate(names):
         if not identified[k] and name in FRACTIONS:
             # Any value at or above the fitted one predicts the same times (module doc).
-            if x[k] <= prior_value(prior, name) and getattr(prior, name) is None:
-                unset.add(name)
             x[k] = max(x[k], prior_value(prior, name))
     stderr = _standard_errors(jacobian[:, identified], residuals(x))
     errors = dict(zip(np.flatnonzero(identified).tolist(), stderr.tolist(), strict=True))
-    fitted = replace(efficiency(x), **{name: None for name in unset})
+    fitted = efficiency(x)
     parameters = []
     for name in FRACTIONS + OVERHEADS:
         k = names.index(name) if name in names else None

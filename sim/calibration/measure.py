@@ -76,8 +76,8 @@ def default_clock(device: str, threads: int | None) -> str:
 
 @dataclass(frozen=True)
 class StepTiming:
-    """Wall seconds of one designed step over ``repeats`` timed runs: median, 10th and 90th
-    percentiles, minimum and maximum."""
+    """Seconds (by the clock it was timed with) of one designed step over ``repeats`` timed
+    runs: median, 10th and 90th percentiles, minimum and maximum."""
 
     point: StepPoint
     median_s: float
@@ -96,10 +96,8 @@ class StepTiming:
     def from_times(cls, point: StepPoint, times_s: Sequence[float]) -> StepTiming:
         values = np.asarray(times_s, dtype=float)
         p10, median, p90 = np.percentile(values, [10, 50, 90])
-        return cls(
-            point, float(median), float(p10), float(p90), float(values.min()), float(values.max()),
-            len(values),
-        )  # fmt: skip
+        low, high = float(values.min()), float(values.max())
+        return cls(point, float(median), float(p10), float(p90), low, high, len(values))
 
 
 def llama_config(spec: ModelSpec) -> LlamaConfig:

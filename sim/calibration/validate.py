@@ -180,27 +180,68 @@ class RecordingExecutor:
         return frame.drop(columns="padded_ms")
 
 
+class PaddedCostModelExecutor(CostModelExecutor):
+    """A diagnostic executor: the cost model priced on :func:`padded_shape`, i.e. a simulation
+    of kvsim's torch model *with* its padding. Where it agrees with the real run and the plain
+    cost model does not, the gap is the real mode's padding, not the calibration. Swap traffic
+    is charged as :class:`~sim.executor.CostModelExecutor` charges it."""
+
+    supports_stretch = False
+
+    def step(self, plan: StepPlan) -> StepResult:
+        shape = padded_shape(plan.prefill_tokens, plan.prefill_context, plan.decode_context)
+        swapped = plan.swap_out_tokens + plan.swap_in_tokens
+        cost = self.cost_model.step(
+            replace(shape, transfer_bytes=swapped * self.kv_bytes_per_token)
+        )
+        return StepResult(
+            duration_s=cost.duration_s,
+            compute_s=cost.compute_s,
+            memory_s=cost.memory_s,
+            communication_s=cost.communication_s,
+            transfer_s=cost.transfer_s,
+            overhead_s=cost.overhead_s,
+        )
+
+    def decode_stretch(self, contexts: np.ndarray, steps: int) -> np.ndarray:
+        raise KvsimError("padded steps are priced one at a time", field="executor")
+
+
 @dataclass(frozen=True)
 class Replay:
-    """One held-out scenario run both ways: the real run, the simulated run and the real
+    """One held-out scenario run three ways: on the real model, on the cost model, and on the
+    cost model with the real mode's padding (:class:`PaddedCostModelExecutor`); and the real
     run's steps with their cost-model prices."""
 
     name: str
     real: RunResult
     simulated: RunResult
+    padded: RunResult
     steps: pd.DataFrame
     wall_s: float
 
     def metric_errors(self) -> pd.DataFrame:
-        """``metric``, ``real``, ``simulated`` and ``error`` (simulated/real − 1) for each of
-        :data:`E2E_METRICS`."""
+        """``metric``, ``real``, ``simulated``, ``error`` (simulated/real − 1),
+        ``simulated_padded`` and ``padded_error`` for each of :data:`E2E_METRICS`."""
+
+        def value(result: RunResult, name: str) -> float:
+            item = result.summary.get(name)
+            return math.nan if item is None else float(item)
+
         rows = []
         for name in E2E_METRICS:
-            real, sim = self.real.summary.get(name), self.simulated.summary.get(name)
-            real = math.nan if real is None else float(real)
-            sim = math.nan if sim is None else float(sim)
-            error = sim / real - 1.0 if real and math.isfinite(real) else math.nan
-            rows.append({"metric": name, "real": real, "simulated": sim, "error": error})
+            real, sim, padded = (value(r, name) for r in (self.real, self.simulated, self.padded))
+            ok = real and math.isfinite(real)
+            rows.append(
+                {
+                    "metric": name,
+                    "real": real,
+                    "simulated": sim,
+                    "error": sim / real - 1.0 if ok else math.nan,
+                    "simulated_padded": padded,
+                    "padded_error": padded / real - 1.0 if ok else math.nan,
+                }
+            )
         return pd.DataFrame(rows)
 
 
@@ -363,5 +404,8 @@ def replay(
         if close is not None:
             close()
     simulated = run_scenario(scenario, executor=build_executor(scenario, priced), workload=workload)
+    padded_executor = PaddedCostModelExecutor(reference.cost_model, reference.kv_bytes_per_token)
+    padded = run_scenario(scenario, executor=padded_executor, workload=workload)
     steps = recorder.frame()
-    return Replay(scenario.name, real, simulated, steps, float(steps["wall_ms"].sum() / 1e3))
+    wall_s = float(steps["wall_ms"].sum() / 1e3)
+    return Replay(scenario.name, real, simulated, padded, steps, wall_s)

@@ -27,6 +27,9 @@ COMMANDS = (
     "sweep_cmd",
     "dashboard_cmd",
     "probe_cmd",
+    "quality_cmd",
+    "calibrate_cmd",
+    "validate_cmd",
 )
 
 

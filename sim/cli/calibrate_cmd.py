@@ -58,27 +58,31 @@ def register(subparsers) -> None:
     parser.set_defaults(func=run)
 
 
-def _base_profile(args: argparse.Namespace, clock: str):
-    """(Accelerator, description): the catalog entry, the file, or a quick probe timed with
-    ``clock``."""
-    from hardware.catalog import get_accelerator, load_accelerator_file, parse_text
+def _given_base(args: argparse.Namespace):
+    """(Accelerator, description) of ``--hardware`` or ``--hardware-file``, else ``None``."""
+    from hardware.catalog import get_accelerator, load_accelerator_file
 
     if args.hardware:
         return get_accelerator(args.hardware), f"catalog {args.hardware}"
     if args.hardware_file:
         return load_accelerator_file(args.hardware_file), str(args.hardware_file)
-    from hardware.probe import probe, profile_toml
+    return None
 
-    print(f"probing {args.device} for the base profile's peaks...", file=sys.stderr)
+
+def _probed_base(args: argparse.Namespace, clock: str):
+    """(Accelerator, description, TOML text) of a quick probe of this device timed with
+    ``clock``: the measured rates are the peaks (``hardware.probe.profile_toml``)."""
+    from hardware.catalog import parse_text
+    from hardware.probe import probe, profile_toml
     from sim.calibration import clock_function
 
+    print(f"probing {args.device} for the base profile's peaks...", file=sys.stderr)
     timer = clock_function(clock, args.device)
     result = probe(args.device, dtype=args.dtype, quick=True, repeats=5, timer=timer)
     text = profile_toml(result, f"local-{args.device}")
     entry = parse_text(text, "accelerator", source=f"kvsim probe --device {args.device}")
-    return entry.spec, (
-        f"quick probe of this {args.device} ({result.date}, {clock} clock): measured peaks"
-    )
+    description = f"quick probe of this {args.device} ({result.date}, {clock} clock)"
+    return entry.spec, description, text
 
 
 def run(args: argparse.Namespace) -> int:
@@ -116,19 +120,22 @@ def run(args: argparse.Namespace) -> int:
     threads = args.threads if args.threads is not None else (1 if args.device == "cpu" else None)
     if threads is not None and threads < 1:
         raise KvsimError(f"must be >= 1, got {threads}", field="--threads")
-    if args.hardware_file or args.hardware:  # a given base is cheap to load: check it first
-        base, base_text = _base_profile(args, "wall")
-        base_id = base.id
-    else:
-        base, base_text, base_id = None, "", f"local-{args.device}"
-    profile_id = args.profile_id or f"{base_id}-calibrated"
+    given = _given_base(args)  # checked before anything is timed
+    profile_id = args.profile_id or f"{given[0].id if given else 'local-' + args.device}-calibrated"
     out = args.out or Path(f"{profile_id}.toml")
     check_output(out, profile_id, force=args.force)
+    base_out = out.with_name(f"{out.stem}.base.toml")
+    if given is None:
+        check_output(base_out, f"local-{args.device}", force=args.force)
     if threads is not None:
         torch.set_num_threads(threads)
     clock = args.clock or default_clock(args.device, threads)
-    if base is None:
-        base, base_text = _base_profile(args, clock)
+    if given is not None:
+        base, base_text = given
+        base_toml = None
+    else:
+        base, base_text, base_toml = _probed_base(args, clock)
+        base_text += f", written to {base_out}"
     steps_out = args.steps_out or out.with_name(f"{out.stem}.steps.csv")
     precision = Precision.of(args.dtype)
 
@@ -178,12 +185,15 @@ def run(args: argparse.Namespace) -> int:
         base, result, [t.point.label for t in fitted], profile_id=profile_id, info=info
     )
     write_steps_csv(timings, steps_out)
+    if base_toml is not None:
+        write_profile(base_toml, base_out, force=args.force)
     write_profile(text, out, force=args.force)
     errors = step_errors(timings, spec, base.with_efficiency(result.efficiency), precision)
     held = errors[errors["split"] == HELD_OUT]
     summary = {
         "profile": str(out),
         "steps": str(steps_out),
+        "base": str(base_out) if base_toml is not None else base_text,
         "info": {**info.__dict__, "load_average": list(info.load_average)},
         "load_average_end": list(os.getloadavg()),
         "parameters": [p.__dict__ for p in result.parameters],

@@ -44,6 +44,15 @@ _EXPORTS = {
     "LlamaModel": "model",
     "StepBatch": "model",
     "greedy_generate": "model",
+    "KvBackend": "backend",
+    "SeqWork": "backend",
+    "PagedKvBackend": "paged_backend",
+    "FileTier": "offload",
+    "PinnedHostTier": "offload",
+    "TorchExecutor": "executor",
+    "build_torch_executor": "executor",
+    "PromptSource": "executor",
+    "StepMeasurement": "executor",
 }
 __all__ = ["EXTRA_MODULES", "INSTALL_HINT", "MissingExtraError", *_EXPORTS]
 

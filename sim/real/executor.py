@@ -9,7 +9,8 @@ each :class:`~sim.scheduler.StepPlan` it
    (``backend.release``; it will be prefilled again, prompt plus the tokens it already
    generated, as vLLM's ``PreemptionMode.RECOMPUTE`` does); one preempted for swap has its
    KV moved to the second memory tier (``backend.offload``: pinned host memory on CUDA, files
-   on disk on CPU, :mod:`sim.real.offload`);
+   on disk on CPU, :mod:`sim.real.offload`); under ``cost`` preemption the scheduler picks
+   one of the two per victim (``seq.swapped``) and the executor follows;
 2. brings back the KV of swapped sequences the plan resumes (``backend.restore``);
 3. runs every prefill chunk and decode token of the plan as one batched forward
    (``backend.step``): a prefill chunk's tokens are the request's prompt ids (a window of a

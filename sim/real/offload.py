@@ -28,6 +28,7 @@ import os
 import shutil
 import tempfile
 import time
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -159,8 +160,8 @@ class PinnedHostTier(_Totals):
 
 class FileTier(_Totals):
     """Files on disk, one per sequence, in ``directory`` (a fresh temporary directory by
-    default, removed by :meth:`close`; a given directory is kept, only the files this tier
-    wrote are removed). Tensors are written as their raw bytes, back to back; their shapes
+    default, removed by :meth:`close`, or when the tier is collected or the interpreter
+    exits; a given directory is kept, only the files this tier wrote are removed). Tensors are written as their raw bytes, back to back; their shapes
     and dtypes stay in memory. See the module docstring for ``fsync``."""
 
     def __init__(self, directory: str | Path | None = None, *, fsync: bool = False) -> None:
@@ -168,6 +169,12 @@ class FileTier(_Totals):
         self._own_directory = directory is None
         self.directory = Path(
             tempfile.mkdtemp(prefix="kvsim-offload-") if directory is None else directory
+        )
+        # A temporary directory goes when the tier does, even if close() is never called.
+        self._cleanup = (
+            weakref.finalize(self, shutil.rmtree, self.directory, ignore_errors=True)
+            if self._own_directory
+            else None
         )
         if not self.directory.is_dir():
             raise KvsimError("offload directory does not exist", source=str(self.directory))
@@ -227,8 +234,8 @@ class FileTier(_Totals):
     def close(self) -> None:
         for key in list(self._layouts):
             self.discard(key)
-        if self._own_directory:
-            shutil.rmtree(self.directory, ignore_errors=True)
+        if self._cleanup is not None:
+            self._cleanup()
 
 
 def _drop_page_cache(path: Path) -> None:
