@@ -19,24 +19,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from sim.calibration import StepPoint, build_model, device_name, measure_steps  # noqa: E402
+from sim.calibration.published import REQUIRED_COLUMNS  # noqa: E402
 from workloads.model_catalog import get_model  # noqa: E402
 
-COLUMNS = (
-    "model",
-    "hardware",
-    "tp",
-    "batch",
-    "prompt",
-    "context",
-    "prefill_ms",
-    "decode_ms",
-    "p10_ms",
-    "p90_ms",
-    "repeats",
-    "dtype",
-    "device_name",
-    "torch",
-)
+COLUMNS = (*REQUIRED_COLUMNS, "p10_ms", "p90_ms", "repeats", "dtype", "device_name", "torch")
 
 
 def points(prompts: list[int], decodes: list[tuple[int, int]]) -> list[StepPoint]:

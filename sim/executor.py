@@ -26,6 +26,7 @@ from hardware.errors import KvsimError
 if TYPE_CHECKING:
     from sim.cost import CostModel
     from sim.cost.batch import BatchShape
+    from sim.cost.roofline import StepCost
     from sim.policies.footprint import KvFootprint
     from sim.policies.offload import OffloadedKv
     from sim.scheduler import StepPlan
@@ -42,6 +43,18 @@ class StepResult:
     communication_s: float = 0.0
     transfer_s: float = 0.0
     overhead_s: float = 0.0
+
+    @classmethod
+    def from_cost(cls, cost: StepCost) -> StepResult:
+        """The cost model's step breakdown as a result."""
+        return cls(
+            duration_s=cost.duration_s,
+            compute_s=cost.compute_s,
+            memory_s=cost.memory_s,
+            communication_s=cost.communication_s,
+            transfer_s=cost.transfer_s,
+            overhead_s=cost.overhead_s,
+        )
 
 
 @runtime_checkable
@@ -132,15 +145,7 @@ class CostModelExecutor:
             from dataclasses import replace
 
             batch = replace(batch, **changes)
-        cost = self.cost_model.step(batch)
-        return StepResult(
-            duration_s=cost.duration_s,
-            compute_s=cost.compute_s,
-            memory_s=cost.memory_s,
-            communication_s=cost.communication_s,
-            transfer_s=cost.transfer_s,
-            overhead_s=cost.overhead_s,
-        )
+        return StepResult.from_cost(self.cost_model.step(batch))
 
     def _offload_step(self, batch: BatchShape, changes: dict[str, object]) -> None:
         """Price the offloaded KV of one step: decode reads (the selection's), and prefill

@@ -442,3 +442,23 @@ def test_estimate_errors_are_one_line_and_exit_2(capsys, argv: str, needle: str)
     assert code == 2
     assert out == ""
     assert needle in err and err.count("\n") == 1
+
+
+def test_decode_attention_runs_at_its_own_fraction_and_defaults_to_attention() -> None:
+    slow = dataclasses.replace(EFF, decode_attention_fraction=0.001)
+    batch = BatchShape.decode(64, 4096)
+    same = CostModel(LLAMA2_7B, A100).step(batch)
+    explicit = CostModel(
+        LLAMA2_7B, A100.with_efficiency(dataclasses.replace(EFF, decode_attention_fraction=0.6))
+    ).step(batch)
+    assert explicit.duration_s == same.duration_s  # None means attention_fraction
+    cost = CostModel(LLAMA2_7B, A100.with_efficiency(slow)).step(batch)
+    # compute-bound now: 32 layers x 64·4096 keys x 4·32·128 FLOPs / (312e12 x 0.001)
+    flops = 32 * 64 * 4096 * 4 * 32 * 128
+    assert cost.component("attention_decode").time_s == pytest.approx(flops / 312e9, rel=1e-12)
+    assert cost.component("attention_decode").bound == "compute"
+    prefill = BatchShape.prefill(1, 4096)
+    fast, slowed = CostModel(LLAMA2_7B, A100).step(prefill), CostModel(
+        LLAMA2_7B, A100.with_efficiency(slow)
+    ).step(prefill)
+    assert slowed.duration_s == fast.duration_s  # prefill attention keeps attention_fraction

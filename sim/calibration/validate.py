@@ -191,19 +191,10 @@ class PaddedCostModelExecutor(CostModelExecutor):
     def step(self, plan: StepPlan) -> StepResult:
         shape = padded_shape(plan.prefill_tokens, plan.prefill_context, plan.decode_context)
         swapped = plan.swap_out_tokens + plan.swap_in_tokens
-        cost = self.cost_model.step(
-            replace(shape, transfer_bytes=swapped * self.kv_bytes_per_token)
-        )
-        return StepResult(
-            duration_s=cost.duration_s,
-            compute_s=cost.compute_s,
-            memory_s=cost.memory_s,
-            communication_s=cost.communication_s,
-            transfer_s=cost.transfer_s,
-            overhead_s=cost.overhead_s,
-        )
+        shape = replace(shape, transfer_bytes=swapped * self.kv_bytes_per_token)
+        return StepResult.from_cost(self.cost_model.step(shape))
 
-    def decode_stretch(self, contexts: np.ndarray, steps: int) -> np.ndarray:
+    def decode_stretch(self, plan: StepPlan, steps: int) -> np.ndarray:
         raise KvsimError("padded steps are priced one at a time", field="executor")
 
 

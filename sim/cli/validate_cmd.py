@@ -15,6 +15,9 @@ import pandas as pd
 
 from hardware.errors import KvsimError
 
+#: KV pool of a replayed --trace: room for a few requests of a few thousand tokens.
+TRACE_POOL_TOKENS = 16384
+
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -225,6 +228,7 @@ def _validate_profile(args, profile, result, sections, figures, mapes) -> None:
             {
                 "name": item.name,
                 "real_wall_s": item.wall_s,
+                "steps_count": item.steps["kind"].value_counts().to_dict(),
                 "steps_mape": mape_by_kind(item.steps),
                 "steps_padded_mape": mape_by_kind(
                     item.steps.assign(error=item.steps["padded_error"])
@@ -253,11 +257,14 @@ def _validate_profile(args, profile, result, sections, figures, mapes) -> None:
 
 
 def _scenarios(args, spec, profile):
-    """The held-out scenarios: built in, the --scenario file, or the --trace wrapped in the
-    first built-in scenario's settings (its first --requests requests)."""
-    from sim.calibration import held_out_scenarios
+    """The held-out scenarios: built in, the --scenario file, or the first --requests requests
+    of --trace under workload A's scheduler with 512-token chunks, the model's whole context
+    and a KV pool of :data:`TRACE_POOL_TOKENS` tokens."""
+    import numpy as np
+
+    from sim.calibration import held_out_scenarios, pool_fraction
     from sim.run import load_workload
-    from sim.scenario import load_scenario
+    from sim.scenario import Scenario, load_scenario
 
     if args.scenario is not None:
         return (load_scenario(args.scenario),), None
@@ -267,17 +274,19 @@ def _scenarios(args, spec, profile):
     if args.requests < 1:
         raise KvsimError(f"must be >= 1, got {args.requests}", field="--requests")
     data = scenarios[0].to_dict()
+    data["name"] = f"trace {args.trace.name}, first {args.requests} requests"
     data["workload"] = {"trace": str(args.trace.resolve())}
     if args.format:
         data["workload"]["format"] = args.format
-    data["name"] = f"trace {args.trace.name}"
-    from sim.scenario import Scenario
-
+    data["scheduler"] = {
+        **data["scheduler"],
+        "max_batched_tokens": 512,
+        "max_model_len": spec.max_context_tokens,
+    }
+    data["hardware"]["gpu_memory_fraction"] = pool_fraction(spec, profile, data, TRACE_POOL_TOKENS)
     scenario = Scenario.from_dict(data, source=str(args.trace))
-    workload = load_workload(scenario)
+    workload = load_workload(scenario, spec.max_context_tokens)
     if len(workload) > args.requests:
-        import numpy as np
-
         workload = workload.take(np.arange(args.requests))
     return (scenario,), workload
 

@@ -193,6 +193,7 @@ class _Constants:
 
     gemm_flops_per_s: float
     attention_flops_per_s: float
+    decode_attention_flops_per_s: float
     hbm_bytes_per_s: float
     attn_proj_layers: int
     attn_proj_weight_bytes: float
@@ -310,6 +311,12 @@ def _build_constants(
     return _Constants(
         gemm_flops_per_s=peak * eff.gemm_fraction,
         attention_flops_per_s=peak * eff.attention_fraction,
+        decode_attention_flops_per_s=peak
+        * (
+            eff.attention_fraction
+            if eff.decode_attention_fraction is None
+            else eff.decode_attention_fraction
+        ),
         hbm_bytes_per_s=accelerator.memory_bytes_per_s * eff.hbm_fraction,
         attn_proj_layers=layers,
         attn_proj_weight_bytes=model.attention_params_per_layer / tp * wb,
@@ -596,7 +603,7 @@ class CostModel:
                     cls.layers,
                     flops,
                     stored * k.kv_bytes_per_token_layer,
-                    k.attention_flops_per_s,
+                    k.decode_attention_flops_per_s,
                     k.hbm_bytes_per_s,
                 )
             )

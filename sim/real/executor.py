@@ -369,7 +369,7 @@ class TorchExecutor:
             duration_s=end - start, compute_s=end - transferred, transfer_s=transferred - start
         )
 
-    def decode_stretch(self, contexts: np.ndarray, steps: int) -> np.ndarray:
+    def decode_stretch(self, plan: StepPlan, steps: int) -> np.ndarray:
         """Not available: real steps are run and measured one at a time
         (``supports_stretch = False``, so the engine never asks)."""
         raise KvsimError(

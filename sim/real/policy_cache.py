@@ -65,7 +65,7 @@ selections that keep the same tokens in every head (``full``, ``quest``, ``strea
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -149,9 +149,6 @@ class _Rows:
     def __getitem__(self, name: str) -> torch.Tensor:
         return self._data[name][:, : self.length]
 
-    def __contains__(self, name: str) -> bool:
-        return name in self._data
-
     def group(self, prefix: str) -> dict[str, torch.Tensor]:
         """The rows named ``prefix.*``, keyed without the prefix."""
         start = len(prefix) + 1
@@ -171,9 +168,6 @@ class _Rows:
             )
             buffer[:, :keep] = gathered
         self.length = keep
-
-    def tensors(self) -> Iterator[tuple[str, torch.Tensor]]:
-        return iter(self._data.items())
 
     def move(self, device: torch.device | str) -> None:
         self._data = {n: t.to(device) for n, t in self._data.items()}

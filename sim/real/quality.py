@@ -365,8 +365,8 @@ def default_grid() -> list[dict[str, dict[str, Any]]]:
     scenario-style tables ``{kind: {"name": ..., params}}`` (budgets sized for a 1,024-token
     prompt and a text of a few thousand tokens)."""
     sel = [
-        {"name": "streaming_llm", "sink_tokens": 4, "window_tokens": 252},
-        {"name": "streaming_llm", "sink_tokens": 4, "window_tokens": 508},
+        {"name": "streaming_llm", "sink_tokens": 4, "window_tokens": 256},
+        {"name": "streaming_llm", "sink_tokens": 4, "window_tokens": 512},
         {"name": "streaming_llm", "sink_tokens": 4, "window_tokens": 1020},
         {"name": "h2o", "budget_fraction": 0.1},
         {"name": "h2o", "budget_fraction": 0.2},
@@ -399,7 +399,7 @@ def default_grid() -> list[dict[str, dict[str, Any]]]:
     grid += [
         {"merging": {"name": "minicache"}},
         {
-            "selection": {"name": "streaming_llm", "sink_tokens": 4, "window_tokens": 252},
+            "selection": {"name": "streaming_llm", "sink_tokens": 4, "window_tokens": 256},
             "merging": {"name": "similarity_merge"},
         },
     ]
