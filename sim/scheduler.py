@@ -42,7 +42,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from hardware.errors import KvsimError
-from sim.kv.block_pool import BlockPool, blocks_for
+from sim.kv.block_pool import BlockPool
+from sim.kv.holds import BlockHolds
 from sim.kv.radix_cache import RadixBlockPool
 from sim.kv.tiers import SpillingBlockPool, TieredStore, TierMatch
 from sim.scheduling import (
@@ -224,10 +225,9 @@ class ReplicaScheduler:
     """vLLM V1 scheduler of one replica over a KV pool of ``num_blocks`` blocks (module doc).
 
     ``footprint`` (a :class:`~sim.policies.footprint.KvFootprint`) says how many blocks a
-    sequence holds under a KV strategy that drops, compresses or indexes tokens; without one,
-    or when it is the identity, a sequence of ``t`` tokens holds ``ceil(t / block_tokens)``.
-    The pool's API stays in tokens: a hold of ``n`` blocks is asked for as ``n ·
-    block_tokens`` tokens (:meth:`hold_tokens`).
+    sequence holds under a KV strategy that drops, compresses or indexes tokens
+    (:class:`~sim.kv.holds.BlockHolds`); without one, or when it is the identity, a sequence of
+    ``t`` tokens holds ``ceil(t / block_tokens)``.
 
     ``store`` (a :class:`~sim.kv.tiers.TieredStore`, hash prefix caching only) receives the
     cached blocks the pool evicts, and an admission whose prompt misses in HBM continues its
@@ -251,7 +251,11 @@ class ReplicaScheduler:
                 f"{config.block_tokens}-token ones",
                 field="scheduler.block_tokens",
             )
-        self.footprint = None if footprint is None or footprint.identity else footprint
+        self.holds = BlockHolds(
+            config.block_tokens,
+            footprint,
+            config.max_batched_tokens if config.chunked_prefill else None,
+        )
         if store is not None and config.prefix_caching != "hash":
             raise KvsimError(
                 "a tiered prefix store needs hash prefix caching "
@@ -320,43 +324,23 @@ class ReplicaScheduler:
 
     # ------------------------------------------------------------------ footprint
     def held_blocks(self, seq: Sequence, tokens: int) -> int:
-        """Blocks ``seq`` holds with ``tokens`` tokens in KV."""
-        if self.footprint is None:
-            return blocks_for(tokens, self.config.block_tokens)
-        return int(self.footprint.blocks([tokens], seq.prompt_tokens)[0])
+        """Blocks ``seq`` holds with ``tokens`` tokens in KV (:class:`~sim.kv.holds.BlockHolds`)."""
+        return self.holds.held(seq.prompt_tokens, tokens)
 
-    def hold_tokens(self, seq: Sequence, tokens: int) -> int:
-        """What to ask the pool for so that ``seq`` holds :meth:`held_blocks` blocks:
-        ``tokens`` itself for the full cache, else that many whole blocks of tokens."""
-        if self.footprint is None:
-            return tokens
-        return self.held_blocks(seq, tokens) * self.config.block_tokens
-
-    def step_blocks(self, seq: Sequence, computed: int, new: int) -> int:
-        """Blocks ``seq`` holds while a step computes ``new`` tokens on top of ``computed``:
-        a decode step holds the larger of its hold before and after (a selection policy
-        evicts as it appends); a prefill chunk writes its tokens' KV on top of what is held
-        and the policy compresses at the step's end (SnapKV at prompt end, a StreamingLLM
-        window), so it holds ``blocks(computed) + ceil(new / B)`` at least. The commit then
-        shrinks the hold to ``blocks(computed + new)``."""
-        if self.footprint is None:
-            return blocks_for(computed + new, self.config.block_tokens)
-        before, after = self.footprint.blocks([computed, computed + new], seq.prompt_tokens)
-        if new == 1:
-            return int(max(before, after))
-        return int(max(after, before + blocks_for(new, self.config.block_tokens)))
+    def kv_tokens(self, seq: Sequence, tokens: int) -> int:
+        """KV of ``seq`` at ``tokens`` tokens, in tokens of the stored format: what a swap or
+        a transfer moves."""
+        return self.holds.kv_tokens(seq.prompt_tokens, tokens)
 
     def _step_hold_tokens(self, seq: Sequence, computed: int, new: int) -> int:
-        if self.footprint is None:
-            return computed + new
-        return self.step_blocks(seq, computed, new) * self.config.block_tokens
+        return self.holds.during_step_tokens(seq.prompt_tokens, computed, new)
 
     def _shrink(self, seqs: Iterable[Sequence]) -> None:
         """After a step, release what each sequence's policy dropped or compressed."""
-        bt = self.config.block_tokens
         for seq in seqs:
             if seq.status == "running":
-                self.pool.shrink(seq.index, self.held_blocks(seq, seq.computed_tokens) * bt)
+                hold = self.holds.hold_tokens(seq.prompt_tokens, seq.computed_tokens)
+                self.pool.shrink(seq.index, hold)
 
     def reject_reason(self, seq: Sequence) -> str:
         """Why :meth:`add` would reject ``seq`` (``""`` if it would not): prompt + output
@@ -366,23 +350,9 @@ class ReplicaScheduler:
         total = seq.prompt_tokens + seq.output_tokens
         if total > self.config.max_model_len:
             return REJECT_CONTEXT
-        if self._peak_blocks(seq, total - 1) > self.num_blocks:
+        if self.holds.peak(seq.prompt_tokens, total - 1) > self.num_blocks:
             return REJECT_KV_POOL
         return ""
-
-    def _peak_blocks(self, seq: Sequence, last: int) -> int:
-        """The most blocks ``seq`` needs at once up to ``last`` tokens: under a footprint the
-        larger of its hold at prompt end, at ``last``, and while its first (largest) prefill
-        chunk is written uncompressed (:meth:`step_blocks`)."""
-        bt = self.config.block_tokens
-        if self.footprint is None:
-            return blocks_for(last, bt)
-        chunk = seq.prompt_tokens
-        if self.config.chunked_prefill:
-            chunk = min(chunk, self.config.max_batched_tokens)
-        points = np.array([min(seq.prompt_tokens, last), last], dtype=np.int64)
-        held = int(self.footprint.blocks(points, seq.prompt_tokens).max())
-        return max(held, blocks_for(chunk, bt))
 
     # ------------------------------------------------------------------ arrivals
     def add_transferred(self, seq: Sequence) -> None:
@@ -511,7 +481,7 @@ class ReplicaScheduler:
         """Register the sequence's prompt blocks that are full once ``tokens`` are computed."""
         if self._caching and len(seq.block_hashes):
             full = tokens // self.config.block_tokens
-            if self.footprint is not None:  # only blocks it holds (footprint module doc)
+            if self.holds.follows_policy:  # only blocks it holds (footprint module doc)
                 full = min(full, self.pool.num_held_blocks(seq.index))
             self.pool.cache_full_blocks(seq.index, seq.block_hashes, full)
 
@@ -533,11 +503,6 @@ class ReplicaScheduler:
         victim.computed_tokens, victim.status = 0, "waiting"
         self.order.insert(self.waiting, victim, front=True)
         return 0
-
-    def kv_tokens(self, seq: Sequence, tokens: int) -> int:
-        """KV of ``seq`` at ``tokens`` tokens, in tokens of the stored format: ``tokens`` for
-        the full cache, else its held blocks' worth (what a swap or a transfer moves)."""
-        return tokens if self.footprint is None else self.hold_tokens(seq, tokens)
 
     def schedule(self, now_s: float) -> StepPlan | None:
         """Plan the next step at ``now_s`` (vLLM V1 order, module docstring); ``None`` when
@@ -695,7 +660,7 @@ class ReplicaScheduler:
                 seq.first_token_s = end_s
             if seq.generated_tokens == seq.output_tokens:
                 finished.append(seq)
-        if self.footprint is not None:
+        if self.holds.follows_policy:
             self._shrink(seq for seq in (*plan.prefill, *plan.decode) if seq not in finished)
         if finished:
             self._finish(finished, end_s)
@@ -709,41 +674,6 @@ class ReplicaScheduler:
             dtype=np.int64,
             count=len(self.running),
         )
-
-    def _held_matrix(self, state: np.ndarray, steps: int) -> np.ndarray:
-        """Under a footprint: ``[sequence, s]`` blocks each running sequence holds after
-        ``s = 0 … steps`` more decode tokens."""
-        assert self.footprint is not None
-        width = steps + 1
-        tokens = np.repeat(state[:, 0], width) + np.tile(np.arange(width), len(state))
-        held = self.footprint.blocks(tokens, np.repeat(state[:, 1], width))
-        return held.reshape(len(state), width)
-
-    def _growth(self, state: np.ndarray, steps: int) -> int:
-        """New blocks the running batch needs over ``steps`` pure-decode steps (full cache).
-
-        A sequence with ``c`` computed tokens holds ``ceil(c / B)`` blocks and after ``s`` more
-        tokens needs ``ceil((c + s) / B)``; the difference is ``floor((s + a) / B)`` with
-        ``a = (c - 1) mod B`` (its phase)."""
-        phase = (state[:, 0] - 1) % self.config.block_tokens
-        return int(((steps + phase) // self.config.block_tokens).sum())
-
-    def _stretch_growth(self, state: np.ndarray, horizon: int) -> np.ndarray:
-        """Blocks the batch holds beyond today's during each of the next ``horizon`` decode
-        steps (non-decreasing), for the largest horizon over which that is exact."""
-        if self.footprint is None:
-            steps = np.arange(1, horizon + 1)
-            phase = (state[:, 0] - 1) % self.config.block_tokens
-            # Σ_j floor((s + a_j) / B), for every s at once.
-            return ((steps[:, None] + phase[None, :]) // self.config.block_tokens).sum(axis=1)
-        held = self._held_matrix(state, horizon)
-        during = np.maximum(held[:, :-1], held[:, 1:])  # step s holds max(before, after)
-        # A commit that shrinks a hold frees blocks a waiting sequence might take: the
-        # stretch ends with that step.
-        drops = (held[:, 1:] < held[:, :-1]).any(axis=0)
-        if drops.any():
-            during = during[:, : int(np.argmax(drops)) + 1]
-        return (during - held[:, :1]).sum(axis=0)
 
     def stable_decode_steps(self, limit: int) -> int:
         """How many next steps are certainly the same pure-decode batch of every running
@@ -764,20 +694,21 @@ class ReplicaScheduler:
         if np.any(state[:, 1] + generated - computed != 1) or generated.min() < 1:
             return 0
         horizon = int(min(limit, (state[:, 3] - generated).min()))
-        if self.footprint is not None:
+        holds = self.holds
+        if holds.follows_policy:
             horizon = min(horizon, FOOTPRINT_HORIZON)
         free = self.pool.num_free_blocks
-        if self.footprint is None:
+        if not holds.follows_policy:
             low, high = 0, horizon  # the largest s <= horizon whose growth fits the free blocks
             while low < high:
                 middle = (low + high + 1) // 2
-                if self._growth(state, middle) <= free:
+                if holds.decode_growth(computed, middle) <= free:
                     low = middle
                 else:
                     high = middle - 1
-            first_growth = self._growth(state, 1)
+            first_growth = holds.decode_growth(computed, 1)
         else:
-            growth = self._stretch_growth(state, horizon)
+            growth = holds.stretch_growth(computed, state[:, 1], horizon)
             low = int(np.searchsorted(growth, free, side="right"))
             first_growth = int(growth[0])
         if low == 0:
@@ -808,12 +739,12 @@ class ReplicaScheduler:
             return horizon
         new_tokens, total, hashes = plan
         if not self._caching:
-            needed = self.step_blocks(head, total - new_tokens, new_tokens)
+            needed = self.holds.during_step(head.prompt_tokens, total - new_tokens, new_tokens)
             return horizon if needed > free - first_growth else 0
         hold = self._step_hold_tokens(head, total - new_tokens, new_tokens)
         if first_growth > 0 or self.pool.can_allocate(hold, hashes):
             return 0
-        growth = self._stretch_growth(state, horizon)
+        growth = self.holds.stretch_growth(state[:, 0], state[:, 1], horizon)
         return min(horizon, int(np.searchsorted(growth, 0, side="right")))
 
     def _running_state(self) -> np.ndarray:
@@ -849,7 +780,7 @@ class ReplicaScheduler:
             seq.generated_tokens += steps
             if seq.generated_tokens == seq.output_tokens:
                 finished.append(seq)
-        if self.footprint is not None:
+        if self.holds.follows_policy:
             self._shrink(seq for seq in running if seq not in finished)
         if finished:
             self._finish(finished, float(end_times[-1]))
@@ -858,33 +789,16 @@ class ReplicaScheduler:
     def _grow_decodes(self, computed: np.ndarray, steps: int) -> None:
         """Allocate the blocks of ``steps`` decode steps in the order step-by-step scheduling
         would (step, then running order), so block ids and evictions match exactly."""
-        pool, running, bt = self.pool, self.running, self.config.block_tokens
-        if self.footprint is not None:
-            who, when, targets = self._growth_events(steps)
-        elif not self._caching:
+        pool, running = self.pool, self.running
+        if not self._caching and not self.holds.follows_policy:
             for seq, tokens in zip(running, (computed + steps).tolist(), strict=True):
                 pool.grow(seq.index, tokens)
             return
-        else:
-            first = bt - (computed - 1) % bt
-            events = np.maximum((steps - first) // bt + 1, 0)
-            if not events.sum():
-                return
-            who = np.repeat(np.arange(len(running)), events)
-            offsets = np.arange(who.size) - np.repeat(np.cumsum(events) - events, events)
-            when = first[who] + offsets * bt
-            targets = computed[who] + when
+        prompts = np.fromiter(
+            (s.prompt_tokens for s in running), dtype=np.int64, count=len(running)
+        )
+        who, when, targets = self.holds.growth_events(computed, prompts, steps)
         for position in np.lexsort((who, when)).tolist():
             seq = running[int(who[position])]
             if not pool.grow(seq.index, int(targets[position])):
                 raise AssertionError("decode growth failed inside a stable run")
-
-    def _growth_events(self, steps: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Under a footprint: (running position, step, tokens to ask the pool for) of each
-        decode step in which a sequence's hold grows (to the larger of its holds before and
-        after the step), over ``steps`` steps."""
-        held = self._held_matrix(self._running_state(), steps)
-        during = np.maximum(held[:, :-1], held[:, 1:])
-        before = np.concatenate([held[:, :1], during[:, :-1]], axis=1)
-        who, when = np.nonzero(during > before)
-        return who, when + 1, during[who, when] * self.config.block_tokens
