@@ -300,6 +300,14 @@ def run_scenario(
             prefix_caching=scenario.prefix_caching,
             policy=sched.queue_policy(),
             admission=sched.admission,
+            swap_space_blocks=(
+                None
+                if sched.swap_space_bytes is None
+                else int(
+                    sched.swap_space_bytes
+                    // (resolved.memory.kv_bytes_per_token * sched.block_tokens)
+                )
+            ),
         )
     except KvsimError as err:
         raise KvsimError(err.message, source=scenario.source, field=err.field) from None

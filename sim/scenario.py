@@ -179,7 +179,9 @@ class SchedulerSection:
     model's context length. ``policy`` orders the waiting queue (a registered ``scheduler``
     policy of :mod:`sim.scheduling`; its parameters are the keys of :data:`QUEUE_POLICY_KEYS`, each allowed only with its
     policy), ``admission`` is ``none`` or ``reject`` (refuse requests whose TTFT SLO cannot
-    be met), ``preemption`` one of :data:`PREEMPTION_MODES` (``docs/scheduling.md``)."""
+    be met), ``preemption`` one of :data:`PREEMPTION_MODES` (``docs/scheduling.md``);
+    ``swap_space_bytes`` bounds the host memory that swapped-out KV may use per replica
+    (vLLM's ``swap_space``; unbounded when absent)."""
 
     max_num_seqs: int = 256
     max_batched_tokens: int = 8192
@@ -194,10 +196,13 @@ class SchedulerSection:
     fair_input_weight: float | None = None
     fair_output_weight: float | None = None
     admission: str = "none"
+    swap_space_bytes: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("max_num_seqs", "max_batched_tokens", "block_tokens"):
             _positive(getattr(self, name), f"scheduler.{name}")
+        if self.swap_space_bytes is not None:
+            _positive(self.swap_space_bytes, "scheduler.swap_space_bytes")
         if self.max_model_len is not None:
             _positive(self.max_model_len, "scheduler.max_model_len")
         for name, options in (

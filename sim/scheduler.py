@@ -82,7 +82,9 @@ class SchedulerConfig:
     ``max_num_batched_tokens`` (8192 is the API-server default); ``block_tokens``: KV block
     size (16 on CUDA); ``max_model_len``: context limit (prompt + output). ``policy``: the
     waiting-queue order, ``preemption``: ``recompute``, ``swap`` or ``cost`` (per victim),
-    ``admission``: ``none`` or ``reject`` (:mod:`sim.scheduling`).
+    ``admission``: ``none`` or ``reject`` (:mod:`sim.scheduling`); ``swap_space_blocks``:
+    blocks of swapped-out KV host memory may hold (vLLM's ``swap_space``; ``None``:
+    unbounded) — a victim the policy would swap is recomputed when it does not fit.
     """
 
     max_model_len: int
@@ -94,6 +96,7 @@ class SchedulerConfig:
     prefix_caching: str = "none"
     policy: QueuePolicy = Fcfs()
     admission: str = "none"
+    swap_space_blocks: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("max_model_len", "max_num_seqs", "max_batched_tokens", "block_tokens"):
@@ -496,13 +499,21 @@ class ReplicaScheduler:
             lambda: recompute_time_s(estimates, victim.computed_tokens),
             lambda: swap_time_s(estimates, kv),
         )
-        if mode == "swap":
+        if mode == "swap" and self._swap_fits(victim):
             victim.swapped, victim.status = True, "swapped"
             self.swapped.appendleft(victim)
             return kv
         victim.computed_tokens, victim.status = 0, "waiting"
         self.order.insert(self.waiting, victim, front=True)
         return 0
+
+    def _swap_fits(self, victim: Sequence) -> bool:
+        """Whether host swap space has room for ``victim``'s KV next to what is swapped."""
+        space = self.config.swap_space_blocks
+        if space is None:
+            return True
+        held = sum(self.held_blocks(s, s.computed_tokens) for s in self.swapped)
+        return held + self.held_blocks(victim, victim.computed_tokens) <= space
 
     def schedule(self, now_s: float) -> StepPlan | None:
         """Plan the next step at ``now_s`` (vLLM V1 order, module docstring); ``None`` when

@@ -642,3 +642,37 @@ def test_every_policy_is_exact_under_stretches_and_leaves_nothing_behind(case: d
     reference, step_rows, _ = _engine_run(case, step_mode=True)
     pd.testing.assert_frame_equal(requests, reference, check_exact=True)
     assert steps["steps"].sum() == step_rows["steps"].sum()
+
+
+def test_swap_space_bounds_swapped_kv_and_falls_back_to_recompute() -> None:
+    """vLLM's ``swap_space``: swapped-out KV never exceeds it; victims that would not fit
+    are recomputed, so swap traffic falls and preemptions stay."""
+    from sim.run import resolve, run_scenario
+    from sim.scenario import Scenario
+
+    data = {
+        "seed": 3,
+        "model": {"name": "llama-3.1-8b"},
+        "hardware": {"accelerator": "h100-sxm", "gpu_memory_fraction": 0.235},
+        "workload": {
+            "synthetic": {
+                "arrival": "poisson",
+                "rate_per_s": 40.0,
+                "requests": 300,
+                "prompt_tokens": {"dist": "lognormal", "median": 600, "sigma": 0.8},
+                "output_tokens": {"dist": "lognormal", "median": 120, "sigma": 0.8},
+            }
+        },
+        "scheduler": {"preemption": "swap", "chunked_prefill": False, "max_model_len": 8192},
+    }
+    unbounded = run_scenario(Scenario.from_dict(data))
+    peak = int(unbounded.steps["kv_blocks_host"].max())
+    assert peak > 8
+    space_blocks = peak // 4
+    bytes_per_block = resolve(Scenario.from_dict(data)).memory.kv_bytes_per_token * 16
+    data["scheduler"]["swap_space_bytes"] = int(space_blocks * bytes_per_block)
+    bounded = run_scenario(Scenario.from_dict(data))
+    assert bounded.steps["kv_blocks_host"].max() <= space_blocks
+    assert bounded.steps["swap_out_tokens"].sum() < unbounded.steps["swap_out_tokens"].sum()
+    assert bounded.summary["preemptions"] > 0
+    assert bounded.summary["requests_completed"] == 300
