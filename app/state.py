@@ -1,20 +1,27 @@
-"""Scenario state outside the widgets: URL query parameters, scenario TOML, result hash.
+"""Page state outside the widgets: URL query parameters, scenario TOML, result hash.
 
-The What-if page keeps a TOML-shaped scenario dict. Its URL holds only what differs from
+Every page with a scenario (What-if, Policies, Capacity planner) keeps a TOML-shaped dict. Its URL holds only what differs from
 :data:`DEFAULT_SCENARIO` (``kvsim run``'s built-in default), one query parameter per dotted key, each value written as the
 ``kvsim run --set`` overrides read it (a TOML literal, or a bare string): ``?hardware.tp=2&
 hardware.accelerator=h200-sxm``. A key the user removed (a synthetic workload replaced by a
 trace) is sent with an empty value. So a link reproduces the scenario exactly, and the same
-dict also downloads and uploads as the scenario TOML that ``kvsim run`` takes.
+dict also downloads and uploads as the scenario TOML that ``kvsim run`` takes. The Policies
+and Capacity planner pages add their own settings under one top-level key that is not a scenario
+section (``strategies``, ``plan``): :func:`check_table` and :func:`check_choices` validate those
+where :class:`~sim.scenario.Scenario` validates the rest, and :func:`from_link` falls back to
+the page's defaults, with the reason, when a link does not validate.
 """
 
 from __future__ import annotations
 
 import copy
+import difflib
 import hashlib
 import json
 import tomllib
-from collections.abc import Mapping
+import types
+import typing
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -123,6 +130,78 @@ def from_query(params: Mapping[str, str], defaults: Mapping[str, Any]) -> dict[s
     for dotted in sorted(k for k, v in params.items() if v == ""):
         delete_path(data, dotted)
     return apply_overrides(data, [f"{k}={v}" for k, v in params.items() if v != ""])
+
+
+def from_link(
+    params: Mapping[str, str],
+    defaults: Mapping[str, Any],
+    validate: Callable[[dict[str, Any]], None],
+) -> tuple[dict[str, Any], str | None]:
+    """The page state a link describes, and ``None``; or a copy of ``defaults`` and why the
+    link was ignored, when :func:`from_query` or ``validate`` (raising
+    :class:`KvsimError`) rejects it."""
+    try:
+        data = from_query(params, defaults)
+        validate(data)
+    except KvsimError as err:
+        return copy.deepcopy(dict(defaults)), f"Link ignored: {err}"
+    return data, None
+
+
+# ---- a page's own settings -------------------------------------------------------------------
+def _matches(value: Any, kind: Any) -> bool:
+    origin = typing.get_origin(kind)
+    if origin is list:
+        (item,) = typing.get_args(kind)
+        return isinstance(value, list) and all(_matches(v, item) for v in value)
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(value, k) for k in typing.get_args(kind))
+    if kind is type(None):
+        return value is None
+    if kind is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, kind)
+
+
+def check_table(table: Any, schema: Mapping[str, Any], field: str) -> None:
+    """``table`` holds exactly the dotted keys of ``schema`` (those whose type admits ``None``
+    may be absent), each of its type: ``float`` takes whole numbers too, ``list[int]`` a list
+    of them. Raises :class:`KvsimError` naming ``field.key`` and what was expected."""
+    if not isinstance(table, Mapping):
+        raise KvsimError(f"expected a table, got {table!r}", field=field)
+    flat = flatten(table)
+    for dotted, value in flat.items():
+        if dotted not in schema:
+            close = difflib.get_close_matches(dotted, list(schema), n=1)
+            hint = (
+                f" (did you mean {close[0]}?)"
+                if close
+                else f"; expected one of {', '.join(schema)}"
+            )
+            raise KvsimError(f"unknown key{hint}", field=f"{field}.{dotted}")
+        if not _matches(value, schema[dotted]):
+            kind = schema[dotted]
+            expected = kind.__name__ if isinstance(kind, type) else str(kind)
+            raise KvsimError(f"expected {expected}, got {value!r}", field=f"{field}.{dotted}")
+    for dotted, kind in schema.items():
+        if dotted not in flat and not _matches(None, kind):
+            raise KvsimError("missing key", field=f"{field}.{dotted}")
+
+
+def check_choices(values: Iterable[Any], options: Iterable[Any], field: str) -> None:
+    """Every one of ``values`` is one of ``options`` (what a page's select widgets offer)."""
+    allowed = list(options)
+    for value in values:
+        if value not in allowed:
+            close = difflib.get_close_matches(str(value), [str(o) for o in allowed], n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            raise KvsimError(
+                f"unknown choice {value!r}{hint}; expected one of "
+                f"{', '.join(str(o) for o in allowed)}",
+                field=field,
+            )
 
 
 # ---- TOML --------------------------------------------------------------------------------------

@@ -167,7 +167,8 @@ def test_run_with_changed_knobs_matches_the_planner():
         assert row["USD/h"] == pytest.approx(price * row["GPUs"])
     chart = plotly.io.from_json(at.get("plotly_chart")[0].proto.spec)
     assert chart.layout.title.text == "Cost vs ttft_p90_s (s)"
-    assert len(at.get("download_button")) == 3
+    # Base scenario TOML (sidebar), ranked CSV, plans JSON, the shown plan's base TOML.
+    assert len(at.get("download_button")) == 4
     # Same inputs again: served from the plan cache without pressing Run.
     at.run()
     assert at.dataframe[0].value.equals(shown)
@@ -235,3 +236,90 @@ def test_malformed_uploaded_trace_is_an_error_and_the_page_keeps_working():
     result = at.session_state["pl_result"]
     assert result.best is not None and result.best.accelerator == "h100-sxm"
     assert copy.deepcopy(at.session_state["pl_base"])["workload"]["trace"].endswith("good.csv")
+
+
+# ---- URL state and scenario TOML -----------------------------------------------------------
+def test_link_restores_the_knobs():
+    params = {
+        "model.name": "smollm2-135m",
+        "workload.synthetic.requests": "150",
+        "plan.accelerators": '["h200-sxm", "l40s"]',
+        "plan.tp": "[1, 2]",
+        "plan.rate_per_s": "5.0",
+        "plan.slo.ttft_p90_s": "",
+        "plan.slo.e2e_p90_s": "3.0",
+        "plan.goodput": "0.9",
+    }
+    at = AppTest.from_file(PAGE, default_timeout=300)
+    for key, value in params.items():
+        at.query_params[key] = value
+    at.run()
+    assert not at.exception and not at.error
+    assert at.sidebar.selectbox(key="pl_model").value == "smollm2-135m"
+    assert at.sidebar.number_input(key="pl:requests").value == 150
+    assert at.sidebar.multiselect(key="pl_accelerators").value == ["h200-sxm", "l40s"]
+    assert at.sidebar.multiselect(key="pl_tp").value == [1, 2]
+    assert at.sidebar.number_input(key="pl_rate").value == 5.0
+    assert at.sidebar.number_input(key="pl_slo.ttft_p90_s").value is None
+    assert at.sidebar.number_input(key="pl_slo.e2e_p90_s").value == 3.0
+    assert at.sidebar.number_input(key="pl_goodput").value == 0.9
+    # The page writes back the same state: the URL names exactly the keys the link set.
+    assert set(at.query_params) == set(params)
+    # 2 accelerators × 2 TP sizes × the default fp16, fp8.
+    assert any("8 candidates" in c.value for c in at.caption)
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ({"plan.tp": '["two"]'}, "plan.tp: expected list[int], got ['two']"),
+        ({"plan.accelerators": '["h100-sxn"]'}, "did you mean h100-sxm?"),
+        ({"plan.rate_per_sec": "5"}, "plan.rate_per_sec: unknown key (did you mean rate_per_s?)"),
+        ({"plan.rate_per_s": ""}, "plan.rate_per_s: missing key"),
+        ({"plan.rate_per_s": "0"}, "must be > 0"),
+        ({"plan.router": "random_walk"}, "plan.router: unknown choice 'random_walk'"),
+        ({"model.name": "llama-9"}, "model.name: unknown choice 'llama-9'"),
+        ({"scheduler.max_num_seq": "8"}, "did you mean max_num_seqs"),
+    ],
+)
+def test_malformed_link_is_an_error_and_the_defaults_are_used(params, message):
+    at = AppTest.from_file(PAGE, default_timeout=300)
+    for key, value in params.items():
+        at.query_params[key] = value
+    at.run()
+    assert not at.exception
+    assert len(at.error) == 1
+    assert at.error[0].value.startswith("Link ignored") and message in at.error[0].value
+    assert at.sidebar.multiselect(key="pl_accelerators").value == [
+        "h100-sxm",
+        "a100-80gb-sxm",
+        "l40s",
+    ]
+    assert at.sidebar.multiselect(key="pl_tp").value == [1]
+    assert at.sidebar.number_input(key="pl_rate").value == 20.0
+    assert dict(at.query_params) == {}
+    at.run()  # the error is shown once; the page carries on with the defaults
+    assert not at.error and not at.button(key="pl_run").disabled
+
+
+def test_scenario_toml_upload_sets_the_base_and_its_slo():
+    at = _page()
+    data = _base()
+    data["model"]["name"] = "smollm2-135m"
+    data["scheduler"]["max_num_seqs"] = 32
+    data["slo"] = {"ttft_p90_s": 0.5}
+    upload = at.sidebar.file_uploader(key="pl_toml_upload")
+    upload.set_value(("s.toml", state.scenario_toml(data).encode(), "application/toml")).run()
+    assert not at.exception and not at.error
+    assert at.sidebar.selectbox(key="pl_model").value == "smollm2-135m"
+    assert at.sidebar.number_input(key="pl_slo.ttft_p90_s").value == 0.5
+    assert at.sidebar.number_input(key="pl_slo.tpot_p90_s").value is None
+    page = at.session_state["pl_state"]
+    assert page["scheduler"]["max_num_seqs"] == 32 and "slo" not in page
+    assert at.query_params["scheduler.max_num_seqs"] == "32"
+    at.sidebar.file_uploader(key="pl_toml_upload").set_value(
+        ("broken.toml", b"[model\nname = 1\n", "application/toml")
+    ).run()
+    assert not at.exception
+    assert at.error[0].value.startswith("broken.toml:1: malformed TOML")
+    assert at.session_state["pl_state"]["scheduler"]["max_num_seqs"] == 32

@@ -200,7 +200,8 @@ def test_run_of_several_strategies_matches_the_engine():
         "KV strategies on one workload",
         "Quality vs cost (USD per 1M output tokens)",
     ]
-    assert len(at.get("download_button")) == 2  # comparison CSV, a strategy's scenario TOML
+    # Base scenario TOML (sidebar), comparison CSV, a strategy's scenario TOML.
+    assert len(at.get("download_button")) == 3
     assert at.selectbox(key="po_toml_of").options == ["fp16", "fp8", "streaming_llm"]
 
 
@@ -269,3 +270,79 @@ def test_malformed_uploaded_trace_is_an_error_and_the_page_keeps_working():
     at.button(key="po_run").click().run()
     assert not at.exception and not at.error
     assert (at.dataframe[0].value["status"] == "ok").all()
+
+
+# ---- URL state and scenario TOML -----------------------------------------------------------
+def _linked(**params: str) -> AppTest:
+    at = AppTest.from_file(PAGE, default_timeout=300)
+    for key, value in params.items():
+        at.query_params[key] = value
+    return at.run()
+
+
+def test_link_restores_the_knobs_and_strategies():
+    params = {
+        "model.name": "smollm2-135m",
+        "hardware.tp": "2",
+        "workload.synthetic.requests": "150",
+        "slo.tpot_p90_s": "",
+        "strategies": '[{quantization = {name = "fp8"}}, '
+        '{selection = {name = "h2o", budget_fraction = 0.1}}]',
+    }
+    at = _linked(**params)
+    assert not at.exception and not at.error
+    assert at.sidebar.selectbox(key="po_model").value == "smollm2-135m"
+    assert at.sidebar.selectbox(key="po_tp").value == 2
+    assert at.sidebar.number_input(key="po:requests").value == 150
+    assert at.sidebar.number_input(key="po_slo.tpot_p90_s").value is None
+    assert at.multiselect(key="po_presets").value == ["fp8"]
+    assert list(at.session_state["po_custom"]) == ["h2o(budget_fraction=0.1)"]
+    assert set(at.query_params) == set(params)
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ({"hardware.tp": "3"}, "hardware.tp: unknown choice 3"),
+        ({"hardware.accelerator": "h100-sxn"}, "close matches: h100-sxm"),
+        ({"strategies": '"fp8"'}, "page.strategies: expected list[dict]"),
+        (
+            {"strategies": '[{selection = {name = "h2o", budget_fraction = 2}}]'},
+            "strategies[0].policies.selection.budget_fraction",
+        ),
+        ({"hardware.tpp": "2"}, "did you mean tp"),
+    ],
+)
+def test_malformed_link_is_an_error_and_the_defaults_are_used(params, message):
+    at = _linked(**params)
+    assert not at.exception
+    assert len(at.error) == 1
+    assert at.error[0].value.startswith("Link ignored") and message in at.error[0].value
+    assert at.sidebar.selectbox(key="po_accelerator").value == "h100-sxm"
+    assert at.sidebar.selectbox(key="po_tp").value == 1
+    assert at.multiselect(key="po_presets").value == list(policies_data.DEFAULT_PRESETS)
+    assert dict(at.query_params) == {}
+
+
+def test_scenario_toml_upload_sets_the_base():
+    at = _page()
+    data = _base()
+    data["model"]["name"] = "smollm2-135m"
+    data["hardware"]["tp"] = 2
+    data["scheduler"]["max_num_seqs"] = 64
+    upload = at.sidebar.file_uploader(key="po_toml_upload")
+    upload.set_value(("s.toml", state.scenario_toml(data).encode(), "application/toml")).run()
+    assert not at.exception and not at.error
+    assert at.sidebar.selectbox(key="po_model").value == "smollm2-135m"
+    assert at.sidebar.selectbox(key="po_tp").value == 2
+    # A key without a widget is kept, and strategies stay as they were.
+    page = at.session_state["po_state"]
+    assert page["scheduler"]["max_num_seqs"] == 64
+    assert at.query_params["scheduler.max_num_seqs"] == "64"
+    assert at.multiselect(key="po_presets").value == list(policies_data.DEFAULT_PRESETS)
+    at.sidebar.file_uploader(key="po_toml_upload").set_value(
+        ("broken.toml", b"[hardware\ntp = 2\n", "application/toml")
+    ).run()
+    assert not at.exception
+    assert at.error[0].value.startswith("broken.toml:1: malformed TOML")
+    assert at.session_state["po_state"]["scheduler"]["max_num_seqs"] == 64

@@ -163,3 +163,43 @@ def test_pages_wait_for_their_backends():
     assert "What-if" not in [p.title for p in without_run]
     assert "Hardware & models" in [p.title for p in without_run]
     assert navigation.module_exists("sim.cost") and not navigation.module_exists("sim.nope")
+
+
+SCHEMA = {"tp": list[int], "rate_per_s": float, "slo.ttft_p90_s": float | None, "router": str}
+
+
+def test_check_table_accepts_the_schema_and_names_what_is_wrong():
+    state.check_table({"tp": [1, 2], "rate_per_s": 4, "router": "r"}, SCHEMA, "plan")
+    state.check_table({"tp": [], "rate_per_s": 4.5, "router": "r", "slo": {}}, SCHEMA, "plan")
+    cases = [
+        ({"tp": [1, True], "rate_per_s": 1.0, "router": "r"}, "plan.tp: expected list[int]"),
+        ({"tp": [1], "rate_per_s": "1", "router": "r"}, "plan.rate_per_s: expected float"),
+        ({"tp": [1], "rate_per_s": 1.0}, "plan.router: missing key"),
+        ({"tp": [1], "rate_per_s": 1.0, "router": "r", "slo": {"ttft_p90": 1}}, "ttft_p90_s?"),
+        ("tp=1", "plan: expected a table"),
+    ]
+    for table, message in cases:
+        with pytest.raises(KvsimError) as err:
+            state.check_table(table, SCHEMA, "plan")
+        assert message in str(err.value)
+
+
+def test_check_choices():
+    state.check_choices([1, 2], (1, 2, 4), "tp")
+    with pytest.raises(KvsimError, match="tp: unknown choice 3; expected one of 1, 2, 4"):
+        state.check_choices([3], (1, 2, 4), "tp")
+    with pytest.raises(KvsimError, match="did you mean h100-sxm"):
+        state.check_choices(["h100-sxn"], ["h100-sxm", "l4"], "accelerator")
+
+
+def test_from_link_falls_back_to_the_defaults_with_the_reason():
+    defaults = {"a": {"b": 1}, "plan": {"tp": [1]}}
+
+    def validate(data: dict) -> None:
+        state.check_table(data["plan"], {"tp": list[int]}, "plan")
+
+    data, error = state.from_link({"plan.tp": "[1, 2]", "a.b": ""}, defaults, validate)
+    assert data == {"plan": {"tp": [1, 2]}} and error is None
+    data, error = state.from_link({"plan.tp": "two"}, defaults, validate)
+    assert data == defaults and data is not defaults
+    assert error == "Link ignored: plan.tp: expected list[int], got 'two'"

@@ -18,7 +18,6 @@ from hardware.errors import KvsimError
 from hardware.specs import Accelerator, Efficiency
 from sim.calibration import (
     CPU_LIMITS,
-    FITTED_KINDS,
     Precision,
     design_steps,
     fit_efficiency,
@@ -43,7 +42,7 @@ PLANTED = Efficiency(
     step_overhead_s=2.0e-3,
 )
 FREE = ("gemm_fraction", "attention_fraction", "hbm_fraction", "step_overhead_s")
-BATCHES = [p.batch_shape() for p in design_steps(CPU_LIMITS) if p.kind in FITTED_KINDS]
+BATCHES = [p.batch_shape() for p in design_steps(CPU_LIMITS)]
 
 
 def _observed(efficiency: Efficiency, noise: float, seed: int = 7) -> np.ndarray:

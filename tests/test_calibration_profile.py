@@ -65,7 +65,7 @@ INFO = CalibrationInfo(
 
 def _fit():
     device = get_accelerator("l4")
-    points = [p for p in design_steps(QUICK_LIMITS) if p.split == FIT and p.kind != MIXED]
+    points = [p for p in design_steps(QUICK_LIMITS) if p.split == FIT]
     batches = [p.batch_shape() for p in points]
     planted = Efficiency(gemm_fraction=0.4, attention_fraction=0.3, hbm_fraction=0.6)
     measured = predict_s(SMOL, device.with_efficiency(planted), batches)
@@ -238,39 +238,6 @@ def test_replay_with_the_cost_model_as_real_executor_has_zero_error(tmp_path: Pa
     # outside the block the temporary profile is gone from the search path
     with pytest.raises(KvsimError):
         get_accelerator("l4-replay")
-
-
-def test_padded_shape_is_what_the_torch_model_computes() -> None:
-    from sim.calibration.validate import padded_shape
-
-    # decodes at 100 and 300 tokens: both attend 300 keys (the mask hides, not skips)
-    decode = padded_shape(np.zeros(0), np.zeros(0), np.array([100, 300]))
-    assert decode.decode_context.tolist() == [300, 300]
-    # a 64-token chunk with three decodes at 128: four rows of 64 tokens, ending at 128
-    mixed = padded_shape(np.array([64]), np.array([0]), np.array([128, 128, 128]))
-    assert mixed.prefill_tokens.tolist() == [64] * 4
-    assert mixed.prefill_context.tolist() == [64] * 4
-    assert mixed.num_decode == 0
-
-
-def test_replay_against_the_padded_simulation_has_zero_padded_error(tmp_path: Path) -> None:
-    from sim.calibration import PaddedCostModelExecutor
-
-    profile = tmp_path / "l4-padded.toml"
-    text = (BUILTIN_CATALOG_DIR / "accelerators" / "l4.toml").read_text()
-    profile.write_text(text.replace('id = "l4"', 'id = "l4-padded"'))
-    calibrated = load_accelerator_file(profile)
-    with profile_on_path(profile):
-        steady = held_out_scenarios(SMOL, calibrated)[0]
-        twin = build_executor(steady, resolve(steady))
-        padded = PaddedCostModelExecutor(twin.cost_model, twin.kv_bytes_per_token)
-        result = replay(steady, calibrated, real_executor=padded)
-    assert result.steps["padded_error"].abs().max() < 1e-12
-    errors = result.metric_errors()
-    assert np.nanmax(np.abs(errors["padded_error"])) < 1e-9
-    # steady arrivals mix prefill chunks with running decodes: padding makes them slower
-    assert (result.steps["kind"] == MIXED).any()
-    assert (result.steps.loc[result.steps["kind"] == MIXED, "error"] < 0).all()
 
 
 def test_validate_cli_reads_held_out_steps_from_a_steps_file(tmp_path: Path, capsys) -> None:

@@ -258,14 +258,31 @@ def test_attention_probability_path_equals_fused_path(tiny_model, device):
     for a, b in zip(fused, explicit, strict=True):
         np.testing.assert_allclose(a, b, atol=1e-5, rtol=0)
     assert len(seen) == len(TINY_SCHEDULE) * TINY["num_hidden_layers"]
-    # First step: query t of sequence 0 sits at position t, so keys after t get probability 0
-    # and every row is a distribution.
+    # First step (chunks of 6, 5 and 3 tokens): query t of sequence 0 sits at position t, so
+    # keys after t get probability 0; every real query's row is a distribution and the rows
+    # of padded queries (t >= num_new) are zero.
     layer, probs = seen[0][0], seen[0][1].cpu()
     assert layer == 0
     assert probs.shape == (3, TINY["num_attention_heads"], 6, 6)
-    torch.testing.assert_close(probs.sum(-1), torch.ones(probs.shape[:-1]))
+    real = (torch.arange(6) < torch.tensor(TINY_SCHEDULE[0]).unsqueeze(1)).unsqueeze(1)
+    torch.testing.assert_close(probs.sum(-1), real.expand(probs.shape[:-1]).float())
     future = torch.triu(torch.ones(6, 6, dtype=torch.bool), diagonal=1)
     assert torch.all(probs[0][:, future] == 0)
+
+
+def test_grouped_chunks_and_ragged_decodes_match_transformers(tmp_path: Path):
+    """Attention groups of the packed step: equal chunks at equal positions share a call, so do
+    one-token prompts and decodes at equal contexts, while a chunk of another length and
+    decodes at other contexts run alone; logits equal transformers' run of each sequence."""
+    hf = _tiny_hf_model(True, {"rope_type": "default", "rope_theta": 5000.0}, seed=11)
+    hf.save_pretrained(tmp_path)
+    model = LlamaModel.from_checkpoint(load_checkpoint(tmp_path))
+    rng = np.random.default_rng(12)
+    sequences = [rng.integers(0, TINY["vocab_size"], n).tolist() for n in (9, 9, 7, 4)]
+    schedule = [[4, 4, 1, 1], [4, 4, 5, 1], [1, 1, 1, 1], [0, 0, 0, 1]]
+    ours = _run_schedule(model, sequences, schedule, rng)
+    for mine, ref in zip(ours, _reference_logits(hf, sequences), strict=True):
+        np.testing.assert_allclose(mine, ref, atol=1e-4, rtol=0)
 
 
 @pytest.mark.parametrize("device", DEVICES)

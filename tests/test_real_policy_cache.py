@@ -375,19 +375,37 @@ def test_quest_query_mask_is_quest_mask_per_query():
     assert batched.sum(-1).tolist() == [[12] * 6, [12] * 6]
 
 
+def test_quest_query_mask_skips_pages_wholly_after_the_query():
+    """Queries of a decode chunk see the chunk's later keys in the cache; pages made only of
+    those must not take their budget, even with the largest bounds."""
+    keys = torch.zeros((1, 32, 4))
+    keys[:, 24:] = 100.0  # the last two pages (of 8) score highest for a positive query
+    queries = torch.ones((1, 3, 4))
+    positions = torch.tensor([9, 17, 31])  # last page reachable only by the third query
+    visible = torch.arange(32).view(1, 1, -1) <= positions.view(1, -1, 1)
+    blind = ts.quest_query_mask(keys, queries, 16, 8)
+    assert blind[0, 0, 24:].all()  # without causality the first query spends its pages there
+    seen = ts.quest_query_mask(keys, queries, 16, 8, visible)
+    assert not seen[0, 0, 16:].any() and not seen[0, 1, 24:].any()
+    assert seen[0, 0, :16].all() and seen[0, 2, 24:].all()
+    assert seen.sum(-1).tolist() == [[16, 16, 16]]
+
+
 # ---- the quality table writer -------------------------------------------------------------------
-def test_write_measured_adds_replaces_and_keeps_published_entries(tmp_path):
+def test_write_measured_adds_replaces_and_keeps_other_entries(tmp_path):
     path = tmp_path / "table.toml"
     path.write_text(TABLE_PATH.read_text(encoding="utf-8"), encoding="utf-8")
-    snap = get_policy("selection", "snapkv", budget_tokens=256)
-    first = measured_entry("smollm2-135m", snap, "perplexity", 16.0, 15.6, "measured: run 1")
+    before = QualityTable.from_toml(path).entries
+    snap = get_policy("selection", "snapkv", budget_tokens=300, window_tokens=16)
+    first = measured_entry("test-model", snap, "perplexity", 16.0, 15.6, "measured: run 1")
     write_measured([first], path)
     table = QualityTable.from_toml(path)
-    assert table.lookup("smollm2-135m", snap).value == 16.0
-    assert any(e.origin == "published" for e in table.entries)
-    second = measured_entry("smollm2-135m", snap, "perplexity", 16.5, 15.6, "measured: run 2")
+    assert table.lookup("test-model", snap).value == 16.0
+    assert table.entries[: len(before)] == before  # published and earlier measured entries
+    second = measured_entry("test-model", snap, "perplexity", 16.5, 15.6, "measured: run 2")
     write_measured([second], path)
     table = QualityTable.from_toml(path)
-    measured = [e for e in table.entries if e.origin == "measured"]
-    assert [(e.value, e.citation) for e in measured] == [(16.5, (("run_id", "measured: run 2"),))]
-    assert table.lookup("smollm2-135m", get_policy("selection", "snapkv")) is None
+    mine = [e for e in table.entries if e.model == "test-model"]
+    assert [(e.value, e.citation) for e in mine] == [(16.5, (("run_id", "measured: run 2"),))]
+    assert len(table.entries) == len(before) + 1
+    assert table.lookup("test-model", get_policy("selection", "snapkv")) is None

@@ -25,8 +25,8 @@ from hardware.errors import KvsimError  # noqa: E402
 from sim.cli import quality_cmd  # noqa: E402
 from sim.policies import KvStrategy  # noqa: E402
 from sim.real import quality as rq  # noqa: E402
+from sim.real.policy_cache import model_spec_of  # noqa: E402
 
-pytestmark = pytest.mark.slow
 CHUNK = 256
 
 
@@ -57,30 +57,34 @@ def evaluate(smollm2, reference, **tables):
     return rq.evaluate(smollm2[0], KvStrategy.from_tables(tables), reference, chunk_tokens=CHUNK)
 
 
+@pytest.mark.slow
 def test_gpl3_acceptance_ordering_and_bounds(smollm2, gpl3_ids, reference):
     assert 7000 < len(gpl3_ids) < 8200  # "the first ~7.6k tokens": the whole licence
     full = reference.perplexity
     assert 15.0 < full < 16.2
-    int8 = evaluate(smollm2, reference, quantization={"name": "int8"})
-    stream = evaluate(
-        smollm2,
-        reference,
-        selection={"name": "streaming_llm", "sink_tokens": 4, "window_tokens": 256},
-    )
-    kivi4 = evaluate(smollm2, reference, quantization={"name": "kivi", "bits": 4})
+    tables = {
+        "int8": {"quantization": {"name": "int8"}},
+        "stream": {"selection": {"name": "streaming_llm", "sink_tokens": 4, "window_tokens": 256}},
+        "kivi4": {"quantization": {"name": "kivi", "bits": 4}},
+    }
+    results = {k: evaluate(smollm2, reference, **t) for k, t in tables.items()}
+    int8, stream, kivi4 = results["int8"], results["stream"], results["kivi4"]
     assert abs(int8.perplexity - full) < 0.05
     assert abs(kivi4.perplexity - full) < 0.02 * full
     assert 17.0 < stream.perplexity < 20.0
     assert stream.perplexity > max(int8.perplexity, kivi4.perplexity) + 1.0
-    for result in (int8, stream, kivi4):
+    assert stream.kl_divergence > int8.kl_divergence
+    spec = model_spec_of(smollm2[0].config)
+    for key, result in results.items():
         assert result.full_perplexity == full
         # ΔNLL is log(ppl / full ppl) by definition; KL of distinct distributions is > 0
         assert result.delta_nll == pytest.approx(math.log(result.perplexity / full), abs=1e-9)
         assert result.kl_divergence > 0
-    assert stream.kl_divergence > int8.kl_divergence
-    assert stream.stored_bytes < int8.stored_bytes < kivi4.stored_bytes * 2
+        held = KvStrategy.from_tables(tables[key]).kv_bytes(spec, [len(gpl3_ids)], [1024])
+        assert result.stored_bytes == pytest.approx(held.stored_bytes[0])
 
 
+@pytest.mark.slow
 def test_full_cache_against_itself_costs_nothing(smollm2, gpl3_ids):
     ids = gpl3_ids[:1200]
     reference = rq.full_reference(smollm2[0], ids)
@@ -91,6 +95,7 @@ def test_full_cache_against_itself_costs_nothing(smollm2, gpl3_ids):
     assert same.perplexity == pytest.approx(reference.perplexity, rel=1e-5)
 
 
+@pytest.mark.slow
 def test_passkey_full_cache_finds_every_key_and_streaming_loses_early_ones(smollm2):
     model, tokenizer = smollm2
     kwargs = {"lengths": (1024,), "depths": (0.1, 0.5, 0.95), "seed": 7}
@@ -104,6 +109,7 @@ def test_passkey_full_cache_finds_every_key_and_streaming_loses_early_ones(smoll
     assert stream.accuracy < full.accuracy
 
 
+@pytest.mark.slow
 def test_cli_prints_one_json_object(smollm2, shared_dir, capsys, monkeypatch, tmp_path):
     monkeypatch.setenv("KVSIM_SHARED", str(shared_dir))
     parser = argparse.ArgumentParser()
@@ -119,3 +125,56 @@ def test_cli_prints_one_json_object(smollm2, shared_dir, capsys, monkeypatch, tm
     assert {"perplexity", "delta_nll", "kl_divergence"} <= out.keys()
     assert out["table_entries_written"] == 1
     assert 'metric = "perplexity"' in table.read_text(encoding="utf-8")
+
+
+# ---- command-line arguments (fast) ----------------------------------------------------------
+def test_policy_and_param_arguments_become_strategy_tables():
+    tables = quality_cmd.strategy_tables(
+        ["snapkv", "int4"], ["budget_tokens=256", 'pooling="max"', "int4.group_size=16"]
+    )
+    assert tables == {
+        "selection": {"name": "snapkv", "budget_tokens": 256, "pooling": "max"},
+        "quantization": {"name": "int4", "group_size": 16},
+    }
+    assert (
+        KvStrategy.from_tables(tables).label()
+        == "snapkv(budget_tokens=256, pooling=max) + int4(group_size=16)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("names", "params", "field"),
+    [
+        (["snapkv", "h2o"], [], "policy"),  # two selection policies
+        (["nosuch"], [], "policy"),
+        (["snapkv"], ["budget_tokens"], "param"),  # no value
+        (["snapkv"], ["int8.bits=8"], "param"),  # prefix is not a chosen policy
+        (["streaming_llm", "duo_attention"], [], "policy"),
+    ],
+)
+def test_bad_policy_arguments_name_the_option(names, params, field):
+    with pytest.raises(KvsimError) as err:
+        quality_cmd.strategy_tables(names, params)
+    assert err.value.field == field
+
+
+def test_prefixed_parameters_and_unknown_ones():
+    tables = quality_cmd.strategy_tables(
+        ["quest", "kivi"], ["quest.budget_tokens=256", "kivi.bits=4"]
+    )
+    assert tables["selection"]["budget_tokens"] == 256 and tables["quantization"]["bits"] == 4
+    tables = quality_cmd.strategy_tables(["quest"], ["page=4"])
+    with pytest.raises(KvsimError) as err:  # the registry names the parameter it lacks
+        KvStrategy.from_tables(tables)
+    assert err.value.field == "policies.selection.page"
+
+
+def test_missing_text_is_a_clear_error(tmp_path, monkeypatch):
+    with pytest.raises(KvsimError) as err:
+        quality_cmd._text_path(tmp_path / "absent.txt")
+    assert err.value.field == "text" and err.value.source.endswith("absent.txt")
+    monkeypatch.setenv("KVSIM_SHARED", str(tmp_path))
+    monkeypatch.setattr(quality_cmd, "REPO_ROOT", tmp_path / "checkout")
+    with pytest.raises(KvsimError) as err:
+        quality_cmd._text_path(None)
+    assert "KVSIM_SHARED" in err.value.message

@@ -29,6 +29,38 @@ DEFAULT_SEEDS = 2
 SOURCES = ("Synthetic", "Trace file")
 
 
+#: The page's state: the base scenario (``kvsim run``'s default without its SLO table, with
+#: :data:`DEFAULT_REQUESTS` requests) and, under ``plan``, the planner's other inputs.
+DEFAULTS: dict[str, Any] = state.default_scenario()
+DEFAULTS["workload"]["synthetic"]["requests"] = DEFAULT_REQUESTS
+DEFAULTS["plan"] = {
+    "accelerators": list(DEFAULT_ACCELERATORS),
+    "tp": [1],
+    "kv_strategies": list(DEFAULT_KV),
+    "rate_per_s": DEFAULT_RATE_PER_S,
+    "slo": DEFAULTS.pop("slo"),
+    "seeds": DEFAULT_SEEDS,
+    "probe_requests": DEFAULT_PROBE_REQUESTS,
+    "tolerance": 0.05,
+    "router": "least_outstanding",
+}
+#: Types of the ``plan`` table's keys (:func:`app.state.check_table`).
+PLAN_SCHEMA: dict[str, Any] = {
+    "accelerators": list[str],
+    "tp": list[int],
+    "kv_strategies": list[str],
+    "rate_per_s": float,
+    **{f"slo.{metric}": float | None for metric in planner_data.SLO_KNOBS},
+    "goodput": float | None,
+    "seeds": int,
+    "probe_requests": int,
+    "tolerance": float,
+    "router": str,
+}
+#: Keys of the widgets that edit the base scenario (reset when a scenario TOML is loaded).
+BASE_WIDGETS = ("pl_model", "pl_source", "pl_seed", "pl_trace_path", "pl_trace_format", "pl:")
+
+
 @st.cache_resource
 def _plans() -> RunCache[PlanResult]:
     return RunCache(maxsize=8)
@@ -41,44 +73,89 @@ def _fit_problems(key: str, _inputs: PlanInputs) -> pd.DataFrame:
     return planner_data.fit_problems(_inputs)
 
 
-def _base_scenario() -> dict[str, Any]:
-    """The base scenario (model, workload) from the sidebar; the rest is ``kvsim run``'s
-    built-in default, as for ``kvsim plan`` without ``--scenario``."""
-    data = state.default_scenario()
-    data.pop("slo", None)
-    data["workload"]["synthetic"]["requests"] = DEFAULT_REQUESTS
-    models = [m.id for m in ui.models()]
-    data["model"]["name"] = st.selectbox(
-        "Model", models, index=models.index(DEFAULT_MODEL), key="pl_model"
+def _split(data: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The page state as (base scenario, ``plan`` table)."""
+    base = copy.deepcopy(data)
+    return base, base.pop("plan", {})
+
+
+def _plan_inputs(base: dict[str, Any], table: dict[str, Any]) -> PlanInputs:
+    return planner_data.plan_inputs(
+        base,
+        accelerators=table["accelerators"],
+        tp=table["tp"],
+        kv_strategies=table["kv_strategies"],
+        rate_per_s=table["rate_per_s"],
+        slo_s=table.get("slo", {}),
+        min_attainment=table.get("goodput"),
+        seeds=table["seeds"],
+        probe_requests=table["probe_requests"],
+        rel_tol=table["tolerance"],
+        router=table["router"],
     )
-    source = st.radio("Workload", SOURCES, key="pl_source", horizontal=True)
-    if source == "Synthetic":
-        data["workload"]["synthetic"] = workload_widgets.synthetic_knobs(
-            "pl:", data["workload"]["synthetic"]
+
+
+def _validate(data: dict[str, Any]) -> None:
+    """A link's or an uploaded file's state: a ``plan`` table of the right keys and types
+    whose choices the widgets offer, a catalog model, and inputs the planner accepts."""
+    base, table = _split(data)
+    state.check_table(table, PLAN_SCHEMA, "plan")
+    state.check_choices(
+        table["accelerators"], [a.id for a in ui.accelerators()], "plan.accelerators"
+    )
+    state.check_choices(table["tp"], TP_CHOICES, "plan.tp")
+    state.check_choices(table["kv_strategies"], KV_STRATEGIES, "plan.kv_strategies")
+    state.check_choices([table["router"]], ROUTERS, "plan.router")
+    if "name" in base.get("model", {}):
+        state.check_choices([base["model"]["name"]], [m.id for m in ui.models()], "model.name")
+    _plan_inputs(base, table)
+
+
+def _base_scenario(data: dict[str, Any]) -> dict[str, Any]:
+    """``data`` (the base scenario) with the sidebar's model, workload and seed applied; keys
+    without a widget are kept, as ``kvsim plan --scenario`` keeps them."""
+    if "name" in data["model"]:
+        data["model"]["name"] = ui.select(
+            "Model", [m.id for m in ui.models()], data["model"]["name"], "pl_model"
         )
+    else:
+        st.caption(f"Model from `{data['model'].get('config')}` (scenario TOML)")
+    workload = data["workload"]
+    current = SOURCES[1] if "trace" in workload else SOURCES[0]
+    source = st.radio(
+        "Workload", SOURCES, index=SOURCES.index(current), key="pl_source", horizontal=True
+    )
+    if source == "Synthetic":
+        table = workload.get("synthetic") or copy.deepcopy(DEFAULTS["workload"]["synthetic"])
+        data["workload"] = {"synthetic": workload_widgets.synthetic_knobs("pl:", table)}
         st.caption("Its arrival rate does not matter: the planner replays it at each rate.")
     else:
         path, _ = workload_widgets.trace_upload("pl_trace_upload")
         if path is None:
-            typed = workload_widgets.server_trace("pl_trace_path")
+            typed = workload_widgets.server_trace("pl_trace_path", str(workload.get("trace", "")))
             path = typed or None
-        data["workload"] = {} if path is None else {"trace": str(path)}
-        fmt = workload_widgets.format_select("pl_trace_format", None)
+        data["workload"] = {k: v for k, v in workload.items() if k not in ("synthetic", "format")}
+        if path is None:
+            data["workload"].pop("trace", None)
+        else:
+            data["workload"]["trace"] = str(path)
+        fmt = workload_widgets.format_select("pl_trace_format", workload.get("format"))
         if fmt is not None and path is not None:
             data["workload"]["format"] = fmt
-    data["seed"] = int(st.number_input("Seed", min_value=0, value=0, key="pl_seed"))
+    data["seed"] = int(
+        st.number_input("Seed", min_value=0, value=int(data.get("seed", 0)), key="pl_seed")
+    )
     return data
 
 
-def _slo_knobs() -> dict[str, float | None]:
+def _slo_knobs(targets: dict[str, float]) -> dict[str, float | None]:
     st.caption("p90 targets in seconds; leave empty for none.")
-    defaults = state.DEFAULT_SCENARIO.get("slo", {})
     out = {}
     for metric in planner_data.SLO_KNOBS:
         label = metric.split("_")[0].upper()
         out[metric] = st.number_input(
             f"{label} p90 target (s)",
-            value=defaults.get(metric),
+            value=targets.get(metric),
             min_value=0.0,
             step=0.01,
             format="%.3f",
@@ -87,83 +164,102 @@ def _slo_knobs() -> dict[str, float | None]:
     return out
 
 
-def _inputs(base: dict[str, Any]) -> PlanInputs | None:
-    """The planner's inputs from the sidebar; ``None`` (and the error shown) when invalid."""
-    with st.sidebar:
-        devices = [a.id for a in ui.accelerators()]
-        accelerators = st.multiselect(
-            "Candidate accelerators",
-            devices,
-            default=[d for d in DEFAULT_ACCELERATORS if d in devices],
-            key="pl_accelerators",
-            help="Catalog prices per GPU-hour (kvsim hardware); one without a price is "
-            "listed as infeasible.",
-        )
-        tp = st.multiselect("Tensor parallel sizes", TP_CHOICES, default=[1], key="pl_tp")
-        kv = st.multiselect(
-            "KV strategies",
-            list(KV_STRATEGIES),
-            default=list(DEFAULT_KV),
-            key="pl_kv",
-            format_func=lambda n: f"{n}: {KV_STRATEGIES[n].description}",
-        )
-        rate = st.number_input(
+def _plan_table(table: dict[str, Any]) -> dict[str, Any]:
+    """The ``plan`` table from the sidebar's widgets, which start at ``table``'s values."""
+    devices = [a.id for a in ui.accelerators()]
+    out: dict[str, Any] = {}
+    out["accelerators"] = st.multiselect(
+        "Candidate accelerators",
+        devices,
+        default=table["accelerators"],
+        key="pl_accelerators",
+        help="Catalog prices per GPU-hour (kvsim hardware); one without a price is "
+        "listed as infeasible.",
+    )
+    out["tp"] = st.multiselect(
+        "Tensor parallel sizes", TP_CHOICES, default=table["tp"], key="pl_tp"
+    )
+    out["kv_strategies"] = st.multiselect(
+        "KV strategies",
+        list(KV_STRATEGIES),
+        default=table["kv_strategies"],
+        key="pl_kv",
+        format_func=lambda n: f"{n}: {KV_STRATEGIES[n].description}",
+    )
+    out["rate_per_s"] = float(
+        st.number_input(
             "Target rate (requests/s)",
             min_value=0.0,
-            value=DEFAULT_RATE_PER_S,
+            value=float(table["rate_per_s"]),
             step=1.0,
             key="pl_rate",
         )
-        with st.expander("SLO", expanded=True):
-            slo = _slo_knobs()
-            goodput = st.number_input(
-                "Goodput: fraction of requests meeting every target",
-                min_value=0.0,
-                max_value=1.0,
-                value=None,
-                step=0.05,
-                key="pl_goodput",
+    )
+    with st.expander("SLO", expanded=True):
+        slo = _slo_knobs(table.get("slo", {}))
+        out["slo"] = {k: float(v) for k, v in slo.items() if v is not None}
+        goodput = st.number_input(
+            "Goodput: fraction of requests meeting every target",
+            min_value=0.0,
+            max_value=1.0,
+            value=table.get("goodput"),
+            step=0.05,
+            key="pl_goodput",
+        )
+        if goodput is not None:
+            out["goodput"] = float(goodput)
+    with st.expander("Search"):
+        out["seeds"] = int(
+            st.number_input(
+                "Probe windows", min_value=1, value=table["seeds"], step=1, key="pl_seeds"
             )
-        with st.expander("Search"):
-            seeds = st.number_input(
-                "Probe windows", min_value=1, value=DEFAULT_SEEDS, step=1, key="pl_seeds"
-            )
-            probe = st.number_input(
+        )
+        out["probe_requests"] = int(
+            st.number_input(
                 "Requests per probe window",
                 min_value=2,
-                value=DEFAULT_PROBE_REQUESTS,
+                value=table["probe_requests"],
                 step=50,
                 key="pl_probe_requests",
             )
-            tolerance = st.number_input(
+        )
+        out["tolerance"] = float(
+            st.number_input(
                 "Rate grid step (relative)",
                 min_value=0.01,
                 max_value=1.0,
-                value=0.05,
+                value=float(table["tolerance"]),
                 step=0.01,
                 key="pl_tolerance",
             )
-            router = st.selectbox(
-                "Router of the fleet",
-                ROUTERS,
-                index=ROUTERS.index("least_outstanding"),
-                key="pl_router",
-            )
-    with ui.user_errors():
-        return planner_data.plan_inputs(
-            base,
-            accelerators=accelerators,
-            tp=tp,
-            kv_strategies=kv,
-            rate_per_s=rate,
-            slo_s=slo,
-            min_attainment=goodput,
-            seeds=int(seeds),
-            probe_requests=int(probe),
-            rel_tol=float(tolerance),
-            router=router,
         )
+        out["router"] = ui.select(
+            "Router of the fleet", list(ROUTERS), table["router"], "pl_router"
+        )
+    return out
+
+
+def _inputs(base: dict[str, Any], table: dict[str, Any]) -> PlanInputs | None:
+    """The planner's inputs; ``None`` (and the error shown) when invalid."""
+    with ui.user_errors():
+        return _plan_inputs(base, table)
     return None
+
+
+def _scenario_file(base: dict[str, Any], table: dict[str, Any]) -> None:
+    """The base scenario as TOML (``kvsim plan --scenario`` takes it), and a scenario TOML
+    loaded as the base; its ``[slo]`` table, if any, becomes the SLO targets."""
+
+    def page_state(loaded: dict[str, Any]) -> dict[str, Any]:
+        loaded = copy.deepcopy(loaded)
+        slo = loaded.pop("slo", None)
+        return {**loaded, "plan": table if slo is None else {**table, "slo": slo}}
+
+    loaded = ui.scenario_file("pl", base, "base.toml", lambda d: _validate(page_state(d)))
+    if loaded is not None:
+        ui.reset_widgets((*BASE_WIDGETS, "pl_slo."))
+        st.session_state["pl_state"] = page_state(loaded)
+        st.rerun()
 
 
 def _mark_cancelled() -> None:
@@ -254,9 +350,15 @@ st.caption(
     "sustains within the SLOs, the replicas the target rate needs (verified by simulating "
     "the fleet) and the cost; method in docs/planning.md (`kvsim plan`)."
 )
+page = ui.url_state("pl_state", DEFAULTS, _validate)
+initial_base, initial_table = _split(page)
 with st.sidebar:
-    base = _base_scenario()
-inputs = _inputs(base)
+    base = _base_scenario(initial_base)
+    table = _plan_table(initial_table)
+    with st.expander("Scenario file"):
+        _scenario_file(base, table)
+ui.keep_in_url("pl_state", {**base, "plan": table}, DEFAULTS)
+inputs = _inputs(base, table)
 
 ready = False  # inputs are valid and the model fits at least one candidate
 if inputs is not None:

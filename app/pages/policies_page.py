@@ -27,35 +27,88 @@ DEFAULT_REQUESTS = 500
 NONE = "(none)"
 SOURCES = ("Synthetic", "Trace file")
 PRESET_LABELS = {policies_data.label(t): t for t in policies_data.PRESETS}
+#: The page's state: the base scenario (``kvsim run``'s default with
+#: :data:`DEFAULT_REQUESTS` requests) and, under ``strategies``, the strategies' tables.
+DEFAULTS: dict[str, Any] = state.default_scenario()
+DEFAULTS["workload"]["synthetic"]["requests"] = DEFAULT_REQUESTS
+DEFAULTS["strategies"] = [
+    copy.deepcopy(PRESET_LABELS[name]) for name in policies_data.DEFAULT_PRESETS
+]
+#: Keys of the widgets that edit the base scenario (reset when a scenario TOML is loaded).
+BASE_WIDGETS = (
+    "po_model",
+    "po_accelerator",
+    "po_tp",
+    "po_source",
+    "po_trace_path",
+    "po_seed",
+    "po_slo.",
+    "po:",
+)
 
 
-def _base_scenario() -> dict[str, Any]:
-    """Model, hardware, workload and SLO from the sidebar over ``kvsim run``'s default."""
-    data = state.default_scenario()
-    data["workload"]["synthetic"]["requests"] = DEFAULT_REQUESTS
-    models = [m.id for m in ui.models()]
-    data["model"]["name"] = st.selectbox(
-        "Model", models, index=models.index(data["model"]["name"]), key="po_model"
-    )
+def _split(data: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The page state as (base scenario, strategy tables)."""
+    base = copy.deepcopy(data)
+    return base, base.pop("strategies", [])
+
+
+def _validate(data: dict[str, Any]) -> None:
+    """A link's or an uploaded file's state: a valid scenario on a catalog model and device,
+    a TP size the page offers, and strategies that build."""
+    base, strategies = _split(data)
+    state.check_table({"strategies": strategies}, {"strategies": list[dict]}, "page")
+    Scenario.from_dict(base)
+    if "name" in base["model"]:
+        state.check_choices([base["model"]["name"]], [m.id for m in ui.models()], "model.name")
+    devices = [a.id for a in ui.accelerators()]
+    state.check_choices([base["hardware"]["accelerator"]], devices, "hardware.accelerator")
+    state.check_choices([base["hardware"].get("tp", 1)], TP_CHOICES, "hardware.tp")
+    for index, tables in enumerate(strategies):
+        try:
+            KvStrategy.from_tables(tables)
+        except KvsimError as err:
+            field = f"strategies[{index}]" + (f".{err.field}" if err.field else "")
+            raise KvsimError(err.message, field=field) from None
+
+
+def _base_scenario(data: dict[str, Any]) -> dict[str, Any]:
+    """``data`` (the base scenario) with the sidebar's model, hardware, workload, seed and
+    SLO applied; keys without a widget are kept as they are."""
+    if "name" in data["model"]:
+        data["model"]["name"] = ui.select(
+            "Model", [m.id for m in ui.models()], data["model"]["name"], "po_model"
+        )
+    else:
+        st.caption(f"Model from `{data['model'].get('config')}` (scenario TOML)")
     devices = [a.id for a in ui.accelerators()]
     hw = data["hardware"]
     left, right = st.columns(2)
-    hw["accelerator"] = left.selectbox(
-        "Accelerator", devices, index=devices.index(hw["accelerator"]), key="po_accelerator"
+    with left:
+        hw["accelerator"] = ui.select("Accelerator", devices, hw["accelerator"], "po_accelerator")
+    with right:
+        hw["tp"] = ui.select("Tensor parallel", list(TP_CHOICES), hw.get("tp", 1), "po_tp")
+    workload = data["workload"]
+    current = SOURCES[1] if "trace" in workload else SOURCES[0]
+    source = st.radio(
+        "Workload", SOURCES, index=SOURCES.index(current), key="po_source", horizontal=True
     )
-    hw["tp"] = right.selectbox("Tensor parallel", TP_CHOICES, key="po_tp")
-    source = st.radio("Workload", SOURCES, key="po_source", horizontal=True)
     if source == "Synthetic":
-        data["workload"]["synthetic"] = workload_widgets.synthetic_knobs(
-            "po:", data["workload"]["synthetic"]
-        )
+        table = workload.get("synthetic") or copy.deepcopy(DEFAULTS["workload"]["synthetic"])
+        data["workload"] = {"synthetic": workload_widgets.synthetic_knobs("po:", table)}
     else:
         path, _ = workload_widgets.trace_upload("po_trace_upload")
         if path is None:
-            typed = workload_widgets.server_trace("po_trace_path")
+            typed = workload_widgets.server_trace("po_trace_path", str(workload.get("trace", "")))
             path = typed or None
-        data["workload"] = {} if path is None else {"trace": str(path)}
-    data["seed"] = int(st.number_input("Seed", min_value=0, value=0, key="po_seed"))
+        data["workload"] = {k: v for k, v in workload.items() if k != "synthetic"}
+        if path is None:
+            data["workload"].pop("trace", None)
+        else:
+            data["workload"]["trace"] = str(path)
+    data["seed"] = int(
+        st.number_input("Seed", min_value=0, value=int(data.get("seed", 0)), key="po_seed")
+    )
     with st.expander("SLO", expanded=True):
         st.caption("p90 targets in seconds; leave empty for none.")
         for key, label in run_data.LATENCIES:
@@ -75,6 +128,20 @@ def _base_scenario() -> dict[str, Any]:
     if not data.get("slo"):
         data.pop("slo", None)
     return data
+
+
+def _scenario_file(base: dict[str, Any], strategies: list[dict[str, Any]]) -> None:
+    """The base scenario as TOML (``kvsim run`` runs it with its own strategy tables), and a
+    scenario TOML loaded as the base."""
+
+    def validate(loaded: dict[str, Any]) -> None:
+        _validate({**loaded, "strategies": strategies})
+
+    loaded = ui.scenario_file("po", base, "base.toml", validate)
+    if loaded is not None:
+        ui.reset_widgets(BASE_WIDGETS)
+        st.session_state["po_state"] = {**loaded, "strategies": strategies}
+        st.rerun()
 
 
 def _custom_builder() -> None:
@@ -114,21 +181,28 @@ def _custom_builder() -> None:
             st.session_state.setdefault("po_custom", {})[policies_data.label(tables)] = tables
 
 
-def _strategies() -> list[tuple[str, dict[str, Any]]]:
+def _strategies(initial: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
+    """The chosen strategies as (label, tables): presets from the multiselect, then custom
+    ones; ``initial`` (the page state's) decides which are chosen when the page opens."""
+    labelled = [(policies_data.label(tables), tables) for tables in initial]
+    if "po_custom" not in st.session_state:
+        st.session_state["po_custom"] = {
+            name: tables for name, tables in labelled if name not in PRESET_LABELS
+        }
     chosen = st.multiselect(
         "Strategies",
         list(PRESET_LABELS),
-        default=list(policies_data.DEFAULT_PRESETS),
+        default=[name for name, _ in labelled if name in PRESET_LABELS],
         key="po_presets",
         help="Each at its paper's default parameters; compose others below.",
     )
     with st.expander("Custom strategy"):
         _custom_builder()
-    custom: dict[str, dict[str, Any]] = st.session_state.get("po_custom", {})
+    custom: dict[str, dict[str, Any]] = st.session_state["po_custom"]
     if custom:
         st.caption("Custom: " + ", ".join(f"`{name}`" for name in custom))
         if st.button("Clear custom strategies", key="po_custom_clear"):
-            st.session_state.pop("po_custom", None)
+            st.session_state["po_custom"] = {}
             st.rerun()
     return [(name, PRESET_LABELS[name]) for name in chosen] + list(custom.items())
 
@@ -265,11 +339,17 @@ st.caption(
     "one model, device and workload. KV per request is analytic (the strategy's bytes at "
     "each request's final context, whole blocks); the rest is simulated."
 )
+page = ui.url_state("po_state", DEFAULTS, _validate)
+initial_base, initial_strategies = _split(page)
 with st.sidebar:
-    base = _base_scenario()
+    base = _base_scenario(initial_base)
     with st.expander("Quality table"):
         quality_table, quality_digest = _quality_table()
-strategies = _strategies()
+strategies = _strategies(initial_strategies)
+tables = [copy.deepcopy(t) for _, t in strategies]
+with st.sidebar, st.expander("Scenario file"):
+    _scenario_file(base, tables)
+ui.keep_in_url("po_state", {**base, "strategies": tables}, DEFAULTS)
 
 ready = False
 with ui.user_errors():

@@ -14,7 +14,6 @@ from typing import Any
 import streamlit as st
 
 from app import figures, run_data, runner, state, ui, workload_widgets
-from hardware.errors import KvsimError
 from sim import figures as run_figures
 from sim.run import RunResult, resolve
 from sim.scenario import KV_DTYPE_QUANTIZATIONS, PREEMPTION_MODES, ROUTERS, Scenario
@@ -29,39 +28,16 @@ WORKLOAD_SOURCES = ("Synthetic", "Trace file")
 
 def _reset_knobs(data: dict[str, Any]) -> None:
     """Make ``data`` the scenario and let every knob re-read its value from it."""
-    for key in [k for k in st.session_state if str(k).startswith(KNOB)]:
-        del st.session_state[key]
+    ui.reset_widgets((KNOB,))
     st.session_state["wi_scenario"] = data
 
 
-def _initial_scenario() -> dict[str, Any]:
-    """The URL's scenario on a session's first run; defaults (and the error) when it is bad."""
-    if "wi_scenario" not in st.session_state:
-        params = {k: st.query_params[k] for k in st.query_params}
-        data = state.default_scenario()
-        try:
-            candidate = state.from_query(params, state.DEFAULT_SCENARIO)
-            Scenario.from_dict(candidate)
-            data = candidate
-        except KvsimError as err:
-            st.session_state["wi_url_error"] = f"Link ignored: {err}"
-        st.session_state["wi_scenario"] = data
-    if "wi_url_error" in st.session_state:
-        st.error(st.session_state.pop("wi_url_error"), icon=":material/link_off:")
-    return copy.deepcopy(st.session_state["wi_scenario"])
+def _validate(data: dict[str, Any]) -> None:
+    Scenario.from_dict(data)
 
 
 def _select(label: str, options: list, dotted: str, data: dict, **kwargs: Any) -> Any:
-    current = state.get_path(data, dotted)
-    if current not in options:
-        options = [current, *options] if current is not None else options
-    return st.selectbox(
-        label,
-        options,
-        index=options.index(current) if current in options else 0,
-        key=KNOB + dotted,
-        **kwargs,
-    )
+    return ui.select(label, options, state.get_path(data, dotted), KNOB + dotted, **kwargs)
 
 
 def _number(label: str, dotted: str, data: dict, fallback: float | int, **kwargs: Any) -> Any:
@@ -265,23 +241,11 @@ def _slo(data: dict) -> None:
 
 
 def _scenario_file(data: dict) -> None:
-    st.download_button(
-        "Download scenario TOML",
-        state.scenario_toml(data),
-        file_name=f"{data.get('name', 'scenario')}.toml",
-        mime="application/toml",
-        on_click="ignore",
-        icon=":material/download:",
-        key="wi_download_toml",
-    )
-    upload = st.file_uploader("Load a scenario TOML", type=["toml"], key="wi_toml_upload")
-    if upload is not None and st.session_state.get("wi_toml_loaded") != upload.file_id:
-        st.session_state["wi_toml_loaded"] = upload.file_id
-        with ui.user_errors():
-            loaded = state.parse_scenario_toml(upload.getvalue(), upload.name)
-            Scenario.from_dict(loaded, source=upload.name)
-            _reset_knobs(loaded)
-            st.rerun()
+    name = f"{data.get('name', 'scenario')}.toml"
+    loaded = ui.scenario_file("wi", data, name, _validate)
+    if loaded is not None:
+        _reset_knobs(loaded)
+        st.rerun()
     if st.button("Reset to defaults", key="wi_reset", icon=":material/restart_alt:"):
         _reset_knobs(state.default_scenario())
         st.rerun()
@@ -425,10 +389,9 @@ def _results(result: RunResult, slo: dict[str, float]) -> None:
 
 
 st.title("What-if")
-data = _initial_scenario()
+data = ui.url_state("wi_scenario", state.DEFAULT_SCENARIO, _validate)
 data = _sidebar(data)
-st.session_state["wi_scenario"] = copy.deepcopy(data)
-st.query_params.from_dict(state.to_query(data, state.DEFAULT_SCENARIO))
+ui.keep_in_url("wi_scenario", data, state.DEFAULT_SCENARIO)
 
 scenario = None
 ready = False  # the scenario validates and its model fits the hardware

@@ -27,11 +27,6 @@ from sim.cost.batch import BatchShape
 
 FIT, HELD_OUT = "fit", "held_out"
 PREFILL, DECODE, MIXED = "prefill", "decode", "mixed"
-#: Step kinds the fit uses. Mixed steps are timed and reported but not fitted: the torch model
-#: pads every sequence of a step to the longest one (``StepBatch``), so a prefill chunk with
-#: running decodes computes ``sequences × chunk`` rows, which the cost model of a serving
-#: engine with packed batches does not count.
-FITTED_KINDS = (PREFILL, DECODE)
 
 
 @dataclass(frozen=True)

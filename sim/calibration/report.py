@@ -73,7 +73,7 @@ def _cell(value: object) -> str:
     return html.escape(str(value))
 
 
-def table(frame: pd.DataFrame, percent: Sequence[str] = ("error", "padded_error")) -> str:
+def table(frame: pd.DataFrame, percent: Sequence[str] = ("error",)) -> str:
     """An HTML table of ``frame``; columns named in ``percent`` shown as signed percentages."""
     head = "".join(f"<th>{html.escape(str(c))}</th>" for c in frame.columns)
     rows = []
@@ -89,18 +89,10 @@ def table(frame: pd.DataFrame, percent: Sequence[str] = ("error", "padded_error"
 
 
 def mape_table(frames: Mapping[str, pd.DataFrame]) -> str:
-    """MAPE per kind (columns) for each named frame (rows); a frame with a ``padded_error``
-    column gets a second row for the cost model priced on the padded shape."""
+    """MAPE per kind (columns) for each named frame (rows)."""
     kinds = ("prefill", "decode", "mixed", "all")
-    expanded: dict[str, pd.DataFrame] = {}
-    for name, frame in frames.items():
-        expanded[name] = frame
-        if "padded_error" in frame:
-            expanded[f"{name} (cost model on the padded shape)"] = frame.assign(
-                error=frame["padded_error"]
-            )
     rows = []
-    for name, frame in expanded.items():
+    for name, frame in frames.items():
         mape = mape_by_kind(frame)
         counts = frame["kind"].value_counts().to_dict()
         counts["all"] = len(frame)

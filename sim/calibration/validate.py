@@ -12,7 +12,9 @@ calibrated profile. The engine, scheduler and block accounting are identical (DE
 differences in TTFT, TPOT, end-to-end latency and throughput come from step durations alone —
 the cost model's error, compounded through queueing. During the real run every step is also
 priced by the cost model (:class:`RecordingExecutor`), which gives per-step errors on the
-steps a real scheduler builds, mixed prefill+decode steps included.
+steps a real scheduler builds, mixed prefill+decode steps included. The torch model runs each
+step packed, as the cost model prices it (:mod:`sim.real.model`: one GEMM row per real token,
+each sequence attending its own context), so both see the same work.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from hardware.specs import Accelerator
 from sim.calibration.design import DECODE, MIXED, PREFILL
 from sim.calibration.fit import BF16, Precision, predict_s
 from sim.calibration.measure import StepTiming, clock_function
-from sim.cost import BatchShape, plan_memory
+from sim.cost import plan_memory
 from sim.executor import CostModelExecutor, StepResult
 from sim.scenario import Scenario, WorkloadConfig
 from workloads.model import ModelSpec
@@ -60,30 +62,6 @@ E2E_METRICS = (
 
 
 # ---- per step --------------------------------------------------------------------------------
-def padded_shape(
-    prefill_tokens: np.ndarray, prefill_context: np.ndarray, decode_context: np.ndarray
-) -> BatchShape:
-    """The shape kvsim's torch model actually computes for a step (a diagnostic).
-
-    :class:`~sim.real.model.StepBatch` right-pads every sequence to the step's longest
-    new-token count, and every query attends over the step's longest context under a mask
-    (masked keys are hidden, not skipped), so a step of ``B`` sequences costs like ``B``
-    chunks of ``T_max`` tokens each holding ``L_max`` tokens of KV afterwards. The cost model
-    prices the packed step a serving engine runs (``Σ c_i + n_dec`` GEMM rows, each sequence
-    its own context); the gap between the two is the real mode's padding, not the cost
-    model's error.
-    """
-    chunks = np.asarray(prefill_tokens, dtype=np.int64)
-    decodes = np.asarray(decode_context, dtype=np.int64)
-    sequences = chunks.size + decodes.size
-    new = int(chunks.max()) if chunks.size else 1
-    ends = np.concatenate([chunks + np.asarray(prefill_context, dtype=np.int64), decodes])
-    longest = int(ends.max())
-    if new == 1:
-        return BatchShape.decode(sequences, longest)
-    return BatchShape.prefill(sequences, new, longest - new)
-
-
 def step_errors(
     timings: Sequence[StepTiming],
     model: ModelSpec,
@@ -91,16 +69,9 @@ def step_errors(
     precision: Precision = BF16,
 ) -> pd.DataFrame:
     """One row per timed step: ``split``, ``kind``, ``label``, ``measured_ms`` (median),
-    ``p10_ms``, ``p90_ms``, ``predicted_ms``, ``error`` (predicted/measured − 1) and
-    ``padded_error``, the error of the cost model priced on :func:`padded_shape`."""
+    ``p10_ms``, ``p90_ms``, ``predicted_ms`` and ``error`` (predicted/measured − 1)."""
     points = [t.point for t in timings]
     predicted = predict_s(model, accelerator, [p.batch_shape() for p in points], precision)
-    padded = predict_s(
-        model,
-        accelerator,
-        [padded_shape(p.prefill_tokens, p.prefill_context, p.decode_context) for p in points],
-        precision,
-    )
     frame = pd.DataFrame(
         {
             "split": [p.split for p in points],
@@ -113,7 +84,6 @@ def step_errors(
         }
     )
     frame["error"] = frame["predicted_ms"] / frame["measured_ms"] - 1.0
-    frame["padded_error"] = padded * 1e3 / frame["measured_ms"] - 1.0
     return frame
 
 
@@ -135,7 +105,7 @@ class RecordingExecutor:
         self.reference = reference
         self.clock = clock
         self._thread = clock_function(clock, "cpu") if clock == "thread" else None
-        self._rows: list[tuple[str, int, int, int, float, float, float, float]] = []
+        self._rows: list[tuple[str, int, int, int, float, float, float]] = []
 
     def step(self, plan: StepPlan) -> StepResult:
         start = self._thread() if self._thread else 0.0
@@ -144,23 +114,20 @@ class RecordingExecutor:
         if self._thread is not None:
             result = StepResult(duration_s=self._thread() - start)
         predicted = self.reference.step(plan).duration_s
-        padded = self.reference.cost_model.step(
-            padded_shape(plan.prefill_tokens, plan.prefill_context, plan.decode_context)
-        ).duration_s
         prefill, decode = int(plan.prefill_tokens.sum()), len(plan.decode)
         kind = MIXED if prefill and decode else (PREFILL if prefill else DECODE)
         self._rows.append(
-            (kind, len(plan.prefill), prefill, decode, result.duration_s, wall_s, predicted, padded)
+            (kind, len(plan.prefill), prefill, decode, result.duration_s, wall_s, predicted)
         )
         return result
 
-    def decode_stretch(self, contexts: np.ndarray, steps: int) -> np.ndarray:
+    def decode_stretch(self, plan: StepPlan, steps: int) -> np.ndarray:
         raise KvsimError("real steps run one at a time", field="executor")
 
     def frame(self) -> pd.DataFrame:
         """One row per recorded step: ``kind``, ``num_prefill``, ``prefill_tokens``,
-        ``num_decode``, ``measured_ms`` (the clock's), ``wall_ms``, ``predicted_ms``,
-        ``error`` and ``padded_error`` (:func:`padded_shape`)."""
+        ``num_decode``, ``measured_ms`` (the clock's), ``wall_ms``, ``predicted_ms`` and
+        ``error``."""
         frame = pd.DataFrame(
             self._rows,
             columns=[
@@ -171,49 +138,27 @@ class RecordingExecutor:
                 "measured_ms",
                 "wall_ms",
                 "predicted_ms",
-                "padded_ms",
             ],
         )
-        frame[["measured_ms", "wall_ms", "predicted_ms", "padded_ms"]] *= 1e3
+        frame[["measured_ms", "wall_ms", "predicted_ms"]] *= 1e3
         frame["error"] = frame["predicted_ms"] / frame["measured_ms"] - 1.0
-        frame["padded_error"] = frame["padded_ms"] / frame["measured_ms"] - 1.0
-        return frame.drop(columns="padded_ms")
-
-
-class PaddedCostModelExecutor(CostModelExecutor):
-    """A diagnostic executor: the cost model priced on :func:`padded_shape`, i.e. a simulation
-    of kvsim's torch model *with* its padding. Where it agrees with the real run and the plain
-    cost model does not, the gap is the real mode's padding, not the calibration. Swap traffic
-    is charged as :class:`~sim.executor.CostModelExecutor` charges it."""
-
-    supports_stretch = False
-
-    def step(self, plan: StepPlan) -> StepResult:
-        shape = padded_shape(plan.prefill_tokens, plan.prefill_context, plan.decode_context)
-        swapped = plan.swap_out_tokens + plan.swap_in_tokens
-        shape = replace(shape, transfer_bytes=swapped * self.kv_bytes_per_token)
-        return StepResult.from_cost(self.cost_model.step(shape))
-
-    def decode_stretch(self, plan: StepPlan, steps: int) -> np.ndarray:
-        raise KvsimError("padded steps are priced one at a time", field="executor")
+        return frame
 
 
 @dataclass(frozen=True)
 class Replay:
-    """One held-out scenario run three ways: on the real model, on the cost model, and on the
-    cost model with the real mode's padding (:class:`PaddedCostModelExecutor`); and the real
-    run's steps with their cost-model prices."""
+    """One held-out scenario run on the real model and on the cost model, and the real run's
+    steps with their cost-model prices."""
 
     name: str
     real: RunResult
     simulated: RunResult
-    padded: RunResult
     steps: pd.DataFrame
     wall_s: float
 
     def metric_errors(self) -> pd.DataFrame:
-        """``metric``, ``real``, ``simulated``, ``error`` (simulated/real − 1),
-        ``simulated_padded`` and ``padded_error`` for each of :data:`E2E_METRICS`."""
+        """``metric``, ``real``, ``simulated`` and ``error`` (simulated/real − 1) for each of
+        :data:`E2E_METRICS`."""
 
         def value(result: RunResult, name: str) -> float:
             item = result.summary.get(name)
@@ -221,7 +166,7 @@ class Replay:
 
         rows = []
         for name in E2E_METRICS:
-            real, sim, padded = (value(r, name) for r in (self.real, self.simulated, self.padded))
+            real, sim = value(self.real, name), value(self.simulated, name)
             ok = real and math.isfinite(real)
             rows.append(
                 {
@@ -229,8 +174,6 @@ class Replay:
                     "real": real,
                     "simulated": sim,
                     "error": sim / real - 1.0 if ok else math.nan,
-                    "simulated_padded": padded,
-                    "padded_error": padded / real - 1.0 if ok else math.nan,
                 }
             )
         return pd.DataFrame(rows)
@@ -268,8 +211,7 @@ def held_out_scenarios(
     queues): (A) steady Poisson arrivals of short requests with small prefill chunks, (B)
     bursty gamma arrivals (CV 3) of longer prompts with a KV pool small enough to preempt, and
     (C) an offline batch — 8 equal requests at t = 0, prefilled in one step and decoded
-    together — whose steps are never mixed nor padded (so it isolates the cost model from the real
-    model's padding of mixed steps, :data:`~sim.calibration.design.FITTED_KINDS`). All run on
+    together, so no queueing amplifies the step errors. All run on
     ``accelerator`` (the calibrated profile) with a pool sized by :func:`pool_fraction`."""
     base = {
         "model": {"name": model.id, "weight_dtype": "bf16", "compute_dtype": "bf16"},
@@ -395,8 +337,6 @@ def replay(
         if close is not None:
             close()
     simulated = run_scenario(scenario, executor=build_executor(scenario, priced), workload=workload)
-    padded_executor = PaddedCostModelExecutor(reference.cost_model, reference.kv_bytes_per_token)
-    padded = run_scenario(scenario, executor=padded_executor, workload=workload)
     steps = recorder.frame()
     wall_s = float(steps["wall_ms"].sum() / 1e3)
-    return Replay(scenario.name, real, simulated, padded, steps, wall_s)
+    return Replay(scenario.name, real, simulated, steps, wall_s)

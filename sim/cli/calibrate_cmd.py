@@ -89,7 +89,6 @@ def run(args: argparse.Namespace) -> int:
     from sim.calibration import (
         CPU_LIMITS,
         FIT,
-        FITTED_KINDS,
         GPU_LIMITS,
         HELD_OUT,
         QUICK_LIMITS,
@@ -157,7 +156,7 @@ def run(args: argparse.Namespace) -> int:
         progress=_progress_bar(),
     )
     del model
-    fitted = [t for t in timings if t.point.split == FIT and t.point.kind in FITTED_KINDS]
+    fitted = [t for t in timings if t.point.split == FIT]
     result = fit_efficiency(
         spec,
         base,

@@ -208,7 +208,7 @@ def run_quality(args: argparse.Namespace) -> int:
             depths=depths,
             seed=args.seed,
             model_id=model_id,
-            progress=_bar(len(lengths), "passkey, full cache"),
+            progress=_bar(len(lengths), "passkey, full cache", "length"),
         )
     rows = []
     for tables in grid:
@@ -232,7 +232,7 @@ def run_quality(args: argparse.Namespace) -> int:
                 depths=depths,
                 seed=args.seed,
                 model_id=model_id,
-                progress=_bar(len(lengths), "passkey"),
+                progress=_bar(len(lengths), "passkey", "length"),
             )
         source = rq.run_id(text_path.name, result) + f", weights {Path(checkpoint.source).name}"
         entries = rq.table_entries(strategy, model_id, result, source, keys, baseline_keys)
@@ -259,10 +259,11 @@ def _grid(args: argparse.Namespace) -> list[dict[str, dict[str, Any]]]:
     return [tables]
 
 
-def _bar(total: int, label: str) -> Any:
+def _bar(total: int, label: str, unit: str = "tok") -> Any:
+    """A progress callback: a tqdm bar on stderr advanced by ``n`` per call."""
     from tqdm import tqdm
 
-    bar = tqdm(total=total, desc=label, unit="tok", file=sys.stderr, leave=False)
+    bar = tqdm(total=total, desc=label, unit=unit, file=sys.stderr, leave=False)
 
     def advance(n: int) -> None:
         bar.update(n)

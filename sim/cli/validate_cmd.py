@@ -123,18 +123,13 @@ def run(args: argparse.Namespace) -> int:
     for name, frame in mapes.items():
         kinds = ", ".join(f"{k} {v:.1%}" for k, v in mape_by_kind(frame).items())
         print(f"{name}: MAPE {kinds}")
-        if "padded_error" in frame:
-            padded = mape_by_kind(frame.assign(error=frame["padded_error"]))
-            kinds = ", ".join(f"{k} {v:.1%}" for k, v in padded.items())
-            print(f"  on the padded shape (docs/calibration.md §5): MAPE {kinds}")
     for replayed in result.get("end_to_end", []):
         print(f"{replayed['name']} (real run {replayed['real_wall_s']:.1f} s of steps):")
-        print(f"  {'metric':<22}{'real':>10}{'sim':>10}{'error':>9}{'padded sim':>12}{'error':>9}")
+        print(f"  {'metric':<22}{'real':>10}{'sim':>10}{'error':>9}")
         for row in replayed["metrics"]:
             print(
                 f"  {row['metric']:<22}{row['real']:>10.4g}{row['simulated']:>10.4g}"
-                f"{_percent(row['error']):>9}{row['simulated_padded']:>12.4g}"
-                f"{_percent(row['padded_error']):>9}"
+                f"{_percent(row['error']):>9}"
             )
     return 0
 
@@ -193,7 +188,6 @@ def _validate_profile(args, profile, result, sections, figures, mapes) -> None:
     result["held_out_steps"] = {
         "origin": origin,
         "mape": mape_by_kind(steps),
-        "padded_mape": mape_by_kind(steps.assign(error=steps["padded_error"])),
         "median_spread": float(
             ((steps["p90_ms"] - steps["p10_ms"]) / steps["measured_ms"]).median()
         ),
@@ -230,9 +224,6 @@ def _validate_profile(args, profile, result, sections, figures, mapes) -> None:
                 "real_wall_s": item.wall_s,
                 "steps_count": item.steps["kind"].value_counts().to_dict(),
                 "steps_mape": mape_by_kind(item.steps),
-                "steps_padded_mape": mape_by_kind(
-                    item.steps.assign(error=item.steps["padded_error"])
-                ),
                 "metrics": metrics.to_dict(orient="records"),
                 "preemptions": [
                     item.real.summary.get("preemptions"),

@@ -67,6 +67,11 @@ class PagedKVCache:
         self.k[layer].index_copy_(0, slots, k.to(self.k.dtype))
         self.v[layer].index_copy_(0, slots, v.to(self.v.dtype))
 
+    def fetch(self, layer: int, slots: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values at flat ``slots[n]`` as ``[n, num_kv_heads, head_dim]`` (one gather
+        each, for the keys of a whole step)."""
+        return self.k[layer][slots], self.v[layer][slots]
+
     def read(self, layer: int, slots: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Keys and values at ``slots[b, l]`` as ``[batch, num_kv_heads, length, head_dim]``."""
         return self.k[layer][slots].transpose(1, 2), self.v[layer][slots].transpose(1, 2)

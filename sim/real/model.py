@@ -7,12 +7,20 @@ the checkpoint says so, an LM head tied to the token embedding.
 
 One forward call runs one engine step: a batch of sequences, each bringing ``num_new`` new
 tokens (a prefill chunk, or one decode token) on top of ``start_position`` tokens already in
-the cache. New keys and values are written through the block tables first, then every query
-attends to its sequence's cached prefix and to the new tokens up to itself. Attention is
-PyTorch's fused ``scaled_dot_product_attention`` unless an observer asks for the attention
+the cache. The step is *packed*, as a serving engine runs it (vLLM's flattened batch with
+variable-length attention, Kwon et al. SOSP 2023): the new tokens of all sequences are
+concatenated, so embeddings, projections, the feed-forward and the LM head compute one row per
+real token and none for padding. New keys and values are written through the block tables
+first; then each query attends to its own sequence's cached prefix and to the new tokens up to
+itself, and to nothing else: sequences with the same new-token count at the same start
+position (a decode batch at one context, equal prompts) share one batched attention call,
+every other sequence gets its own, so no query and no key is padded. (On one CPU thread a
+batched call is no faster than one call per sequence; on a GPU, decode batches of many
+different contexts pay one kernel launch per sequence and layer.) Attention is PyTorch's
+fused ``scaled_dot_product_attention`` unless an observer asks for the attention
 probabilities (H2O, SnapKV, TOVA and PyramidKV score tokens with them); then an explicit
-softmax path computes the same result and hands ``[batch, heads, new, context]`` probabilities
-to the observer layer by layer.
+softmax path computes the same result and hands ``[batch, heads, new, context]``
+probabilities to the observer layer by layer.
 """
 
 from __future__ import annotations
@@ -31,7 +39,7 @@ from sim.real.weights import Checkpoint, LlamaConfig
 
 AttentionObserver = Callable[[int, torch.Tensor], None]
 """Called as ``observer(layer, probs)`` with probabilities ``[batch, heads, new, context]``
-(float32; masked entries are zero)."""
+(float32; masked entries, and the rows of padded queries ``t >= num_new[b]``, are zero)."""
 
 
 @dataclass(frozen=True)
@@ -39,7 +47,8 @@ class StepBatch:
     """The sequences of one step, right-padded to the longest ``num_new``.
 
     ``tokens[b, :num_new[b]]`` are sequence ``b``'s new tokens at positions
-    ``start_positions[b] + t``; ``block_tables[b]`` lists its physical KV blocks in order.
+    ``start_positions[b] + t``; ``block_tables[b]`` lists its physical KV blocks in order. The
+    padding is only this container's layout: the forward drops it (module docstring).
     """
 
     tokens: torch.Tensor
@@ -85,14 +94,36 @@ class StepBatch:
 
 
 @dataclass(frozen=True)
-class _StepIndex:
-    """Index tensors shared by every layer of one step."""
+class _AttentionGroup:
+    """Sequences whose attention runs as one batched call: each brings ``new`` tokens on top
+    of the same cached prefix length, so queries and keys line up without padding. Its queries
+    are packed rows ``row .. row + size·new − 1`` and its keys the step's gathered keys
+    ``key .. key + size·length − 1``, sequence by sequence."""
 
-    positions: torch.Tensor  # [B, T] absolute position of each new token
-    valid: torch.Tensor  # [B, T] True for real (unpadded) new tokens
-    write_slots: torch.Tensor  # [n_valid] cache slot of each real new token
-    read_slots: torch.Tensor  # [B, L] cache slot of context positions 0..L-1
-    mask: torch.Tensor  # [B, 1, T, L] True where the query may attend to the key
+    sequences: torch.Tensor  # [size] batch index of each sequence (for the observer)
+    new: int
+    length: int  # keys per sequence: its context after the step
+    row: int
+    key: int
+    mask: torch.Tensor  # [1, 1, new, length] True where the query may attend (causal)
+
+    @property
+    def size(self) -> int:
+        return len(self.sequences)
+
+
+@dataclass(frozen=True)
+class _StepIndex:
+    """Index tensors shared by every layer of one step. The ``N`` real new tokens are packed
+    group by group (:class:`_AttentionGroup`), so every group's queries and keys are slices."""
+
+    flat: torch.Tensor  # [N] index of each packed token in the flattened [B, T] batch
+    positions: torch.Tensor  # [N] absolute position of each packed token
+    write_slots: torch.Tensor  # [N] cache slot of each packed token
+    read_slots: torch.Tensor  # [Σ size·length] cache slots of every group's keys, in order
+    last: torch.Tensor  # [B] packed row of each sequence's last new token
+    groups: tuple[_AttentionGroup, ...]
+    shape: tuple[int, int, int]  # batch B, width T, longest context (the observer's probs)
 
 
 class RMSNorm(nn.Module):
@@ -117,7 +148,8 @@ def rope_inv_freq(config: LlamaConfig, freq_divisors: torch.Tensor | None) -> to
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate-half RoPE on ``[B, T, heads, D]`` with ``cos``/``sin`` of ``[B, T, 1, D]``."""
+    """Rotate-half RoPE on ``[..., heads, D]`` (e.g. ``[B, T, heads, D]``, or ``[N, heads, D]``
+    packed) with ``cos``/``sin`` of the same leading shape and a 1 for the heads."""
     half = x.shape[-1] // 2
     rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
     return x * cos + rotated * sin
@@ -169,19 +201,35 @@ class Attention(nn.Module):
         index: _StepIndex,
         observer: AttentionObserver | None,
     ) -> torch.Tensor:
-        batch, new, _ = x.shape
-        q = apply_rope(self.q_proj(x).view(batch, new, self.heads, self.head_dim), *rope)
-        k = apply_rope(self.k_proj(x).view(batch, new, self.kv_heads, self.head_dim), *rope)
-        v = self.v_proj(x).view(batch, new, self.kv_heads, self.head_dim)
-        cache.write(self.layer, index.write_slots, k[index.valid], v[index.valid])
-        keys, values = cache.read(self.layer, index.read_slots)
-        keys, values = keys.to(q.dtype), values.to(q.dtype)
-        out, probs = attend(
-            q.transpose(1, 2), keys, values, index.mask, with_probs=observer is not None
-        )
+        """Attention of the packed new tokens ``x`` ``[N, hidden]`` (module docstring)."""
+        tokens = x.shape[0]
+        q = apply_rope(self.q_proj(x).view(tokens, self.heads, self.head_dim), *rope)
+        k = apply_rope(self.k_proj(x).view(tokens, self.kv_heads, self.head_dim), *rope)
+        v = self.v_proj(x).view(tokens, self.kv_heads, self.head_dim)
+        cache.write(self.layer, index.write_slots, k, v)
+        keys, values = (t.to(q.dtype) for t in cache.fetch(self.layer, index.read_slots))
+        probs = None
+        if observer is not None:
+            batch, width, context = index.shape
+            probs = q.new_zeros((batch, self.heads, width, context), dtype=torch.float32)
+        parts = []
+        for g in index.groups:
+            rows = slice(g.row, g.row + g.size * g.new)
+            span = slice(g.key, g.key + g.size * g.length)
+            shape = (g.size, g.length, self.kv_heads, self.head_dim)
+            attended, p = attend(
+                q[rows].view(g.size, g.new, self.heads, self.head_dim).transpose(1, 2),
+                keys[span].view(shape).transpose(1, 2),
+                values[span].view(shape).transpose(1, 2),
+                g.mask,
+                with_probs=probs is not None,
+            )
+            parts.append(attended.transpose(1, 2).reshape(-1, self.heads * self.head_dim))
+            if probs is not None:
+                probs[g.sequences, :, : g.new, : g.length] = p
         if observer is not None:
             observer(self.layer, probs)
-        return self.o_proj(out.transpose(1, 2).reshape(batch, new, self.heads * self.head_dim))
+        return self.o_proj(torch.cat(parts) if len(parts) > 1 else parts[0])
 
 
 class FeedForward(nn.Module):
@@ -282,42 +330,81 @@ class LlamaModel(nn.Module):
         observer: AttentionObserver | None = None,
         last_only: bool = False,
     ) -> torch.Tensor:
-        """Logits ``[B, T, vocab]`` for every new token (float32), or ``[B, vocab]`` for each
-        sequence's last new token when ``last_only``. Writes the new keys and values."""
+        """Logits ``[B, T, vocab]`` for every new token (float32; zero at padded positions
+        ``t >= num_new[b]``), or ``[B, vocab]`` for each sequence's last new token when
+        ``last_only``. Writes the new keys and values."""
         index = self._step_index(batch, cache)
-        x = self.embed_tokens(batch.tokens)
+        x = self.embed_tokens(batch.tokens.flatten()[index.flat])
         angles = index.positions.unsqueeze(-1).float() * self.inv_freq
-        angles = torch.cat((angles, angles), dim=-1).unsqueeze(2)
+        angles = torch.cat((angles, angles), dim=-1).unsqueeze(1)
         rope = (angles.cos().to(x.dtype), angles.sin().to(x.dtype))
         for layer in self.layers:
             x = layer(x, rope, cache, index, observer)
         if last_only:
-            x = x[torch.arange(x.shape[0], device=x.device), batch.num_new - 1]
+            x = x[index.last]
         head = self.embed_tokens if self.lm_head is None else self.lm_head
-        return F.linear(self.norm(x), head.weight).float()
+        logits = F.linear(self.norm(x), head.weight).float()
+        if last_only:
+            return logits
+        batch_size, width, _ = index.shape
+        padded = logits.new_zeros((batch_size * width, logits.shape[-1]))
+        padded[index.flat] = logits
+        return padded.view(batch_size, width, -1)
 
     def _step_index(self, batch: StepBatch, cache: PagedKVCache) -> _StepIndex:
-        new = batch.tokens.shape[1]
-        offsets = torch.arange(new, device=batch.tokens.device)
-        positions = batch.start_positions.unsqueeze(1) + offsets
-        valid = offsets < batch.num_new.unsqueeze(1)
-        total = batch.start_positions + batch.num_new
+        device = batch.tokens.device
+        size, width = batch.tokens.shape
+        starts, news = batch.start_positions.tolist(), batch.num_new.tolist()
+        totals = [s + n for s, n in zip(starts, news, strict=True)]
         capacity = batch.block_tables.shape[1] * cache.block_tokens
-        context = int(total.max())
-        if context > capacity:
+        if max(totals) > capacity:
             raise KvsimError(
-                f"a sequence needs {context} cached tokens but its block table holds {capacity}",
+                f"a sequence needs {max(totals)} cached tokens but its block table holds "
+                f"{capacity}",
                 field="block_tables",
             )
-        keys = torch.arange(context, device=positions.device)
-        # Padded queries look at their sequence's last real position, so no row is empty.
-        last = torch.minimum(positions, (total - 1).unsqueeze(1))
+        by_shape: dict[tuple[int, int], list[int]] = {}
+        for b, shape in enumerate(zip(news, starts, strict=True)):
+            by_shape.setdefault(shape, []).append(b)
+        groups, row, key = [], 0, 0
+        for (new, start), members in by_shape.items():
+            keys = torch.arange(start + new, device=device)
+            queries = torch.arange(start, start + new, device=device)
+            group = _AttentionGroup(
+                sequences=torch.tensor(members, device=device),
+                new=new,
+                length=start + new,
+                row=row,
+                key=key,
+                mask=(keys <= queries.unsqueeze(1)).view(1, 1, new, start + new),
+            )
+            groups.append(group)
+            row += group.size * new
+            key += group.size * group.length
+        order = torch.cat([g.sequences for g in groups])  # batch rows, group by group
+        offsets = torch.arange(width, device=device)
+        positions = batch.start_positions.unsqueeze(1) + offsets
+        valid = (offsets < batch.num_new.unsqueeze(1))[order]
+        flat = (order.unsqueeze(1) * width + offsets)[valid]
+        last = torch.empty_like(order)
+        last[order] = torch.cumsum(batch.num_new[order], 0) - 1
+        read_slots = torch.cat(
+            [
+                cache.slots(
+                    batch.block_tables[g.sequences],
+                    torch.arange(g.length, device=device).expand(g.size, g.length),
+                ).flatten()
+                for g in groups
+            ]
+        )
         return _StepIndex(
-            positions=positions,
-            valid=valid,
-            write_slots=cache.slots(batch.block_tables, positions)[valid],
-            read_slots=cache.slots(batch.block_tables, keys.expand(len(total), context)),
-            mask=(keys <= last.unsqueeze(-1)).unsqueeze(1),
+            flat=flat,
+            positions=positions.flatten()[flat],
+            write_slots=cache.slots(batch.block_tables, positions).flatten()[flat],
+            read_slots=read_slots,
+            last=last,
+            groups=tuple(groups),
+            shape=(size, width, max(totals)),
         )
 
 

@@ -862,7 +862,7 @@ class PolicyKvBackend:
             elif isinstance(sel, Quest) and layer >= sel.dense_layers:
                 budget = int(sel.budget(np.array([w.start_position + len(w.token_ids)]))[0])
                 pages = ts.quest_query_mask(
-                    view.keys, q[b].transpose(0, 1), budget, sel.page_tokens
+                    view.keys, q[b].transpose(0, 1), budget, sel.page_tokens, allowed
                 )
                 own = view.positions.unsqueeze(1) == query_pos.view(1, -1, 1)
                 allowed &= pages | own | ~decoding

@@ -177,11 +177,17 @@ def quest_mask(keys: torch.Tensor, query: torch.Tensor, budget: int, page: int) 
 
 
 def quest_query_mask(
-    keys: torch.Tensor, queries: torch.Tensor, budget: int, page: int
+    keys: torch.Tensor,
+    queries: torch.Tensor,
+    budget: int,
+    page: int,
+    visible: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """:func:`quest_mask` for ``T_q`` queries ``(H_q, T_q, d)`` at once: ``(H_kv, T_q, T)``.
     Since ``max ≥ min`` per channel, ``max(q·min, q·max) = relu(q)·max + min(q, 0)·min``, so
-    the bounds of every query and page are two matrix products."""
+    the bounds of every query and page are two matrix products. ``visible`` (broadcastable
+    to ``(H_kv, T_q, T)``) marks the keys each query may read (causality); a page with none
+    is not a candidate, so queries of a chunk never spend budget on pages wholly after them."""
     heads, length, dim = keys.shape
     pages = -(-length // page)
     padded = pages * page - length
@@ -193,5 +199,9 @@ def quest_query_mask(
     bound = positive @ high.unsqueeze(1).transpose(-1, -2) + (q - positive) @ low.unsqueeze(
         1
     ).transpose(-1, -2)
-    chosen = _topk_mask(bound.sum(1), min(pages, -(-budget // page)))
+    bound = bound.sum(1)
+    if visible is not None:
+        seen = F.pad(visible.expand(heads, queries.shape[1], length), (0, padded))
+        bound = bound.masked_fill(~seen.reshape(heads, -1, pages, page).any(-1), -math.inf)
+    chosen = _topk_mask(bound, min(pages, -(-budget // page)))
     return chosen.repeat_interleave(page, dim=-1)[..., :length]
