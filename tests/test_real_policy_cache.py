@@ -128,14 +128,16 @@ def test_batched_sequences_of_different_lengths_match_one_by_one(model, ids):
         {"selection": {"name": "snapkv", "budget_tokens": 24, "window_tokens": 8}},
         {"selection": {"name": "knorm", "budget_fraction": 0.5}},
         {"selection": {"name": "duo_attention", "sink_tokens": 4, "window_tokens": 8}},
+        {"selection": {"name": "quest", "budget_tokens": 12, "page_tokens": 4}},
         {"quantization": {"name": "int8"}},
         {"quantization": {"name": "int4"}},
     ],
     ids=lambda t: next(iter(t.values()))["name"],
 )
 def test_chunked_decoding_equals_token_by_token_where_policies_act_by_position(model, ids, tables):
-    """StreamingLLM and DuoAttention windows apply per query; SnapKV and K-norm act once at
-    prompt completion; int8/int4 encode per token: chunks change nothing."""
+    """StreamingLLM and DuoAttention windows apply per query; Quest selects pages per query
+    over what it can read; SnapKV and K-norm act once at prompt completion; int8/int4 encode
+    per token: chunks change nothing."""
     one = run(PolicyKvBackend(model, strategy(**tables)), ids, chunk=1)
     eight = run(PolicyKvBackend(model, strategy(**tables)), ids, chunk=8)
     assert torch.allclose(one, eight, atol=1e-4)
@@ -375,20 +377,18 @@ def test_quest_query_mask_is_quest_mask_per_query():
     assert batched.sum(-1).tolist() == [[12] * 6, [12] * 6]
 
 
-def test_quest_query_mask_skips_pages_wholly_after_the_query():
-    """Queries of a decode chunk see the chunk's later keys in the cache; pages made only of
-    those must not take their budget, even with the largest bounds."""
-    keys = torch.zeros((1, 32, 4))
-    keys[:, 24:] = 100.0  # the last two pages (of 8) score highest for a positive query
-    queries = torch.ones((1, 3, 4))
-    positions = torch.tensor([9, 17, 31])  # last page reachable only by the third query
-    visible = torch.arange(32).view(1, 1, -1) <= positions.view(1, -1, 1)
-    blind = ts.quest_query_mask(keys, queries, 16, 8)
-    assert blind[0, 0, 24:].all()  # without causality the first query spends its pages there
-    seen = ts.quest_query_mask(keys, queries, 16, 8, visible)
-    assert not seen[0, 0, 16:].any() and not seen[0, 1, 24:].any()
-    assert seen[0, 0, :16].all() and seen[0, 2, 24:].all()
-    assert seen.sum(-1).tolist() == [[16, 16, 16]]
+def test_quest_query_mask_with_lengths_is_quest_mask_of_each_query_context():
+    """Queries of a decode chunk see the chunk's later keys in the cache; with ``lengths``
+    each query selects exactly as it would alone over its own prefix."""
+    gen = torch.Generator().manual_seed(4)
+    keys = torch.randn((2, 45, 8), generator=gen)
+    queries = torch.randn((4, 7, 8), generator=gen)
+    lengths = torch.tensor([30, 31, 33, 36, 40, 44, 45])
+    batched = ts.quest_query_mask(keys, queries, 12, 4, lengths)
+    for t, n in enumerate(lengths.tolist()):
+        alone = ts.quest_mask(keys[:, :n], queries[:, t], 12, 4)
+        assert torch.equal(batched[:, t, :n], alone)
+        assert not batched[:, t, -(-n // 4) * 4 :].any()  # no page past the query's own
 
 
 # ---- the quality table writer -------------------------------------------------------------------
@@ -409,3 +409,12 @@ def test_write_measured_adds_replaces_and_keeps_other_entries(tmp_path):
     assert [(e.value, e.citation) for e in mine] == [(16.5, (("run_id", "measured: run 2"),))]
     assert len(table.entries) == len(before) + 1
     assert table.lookup("test-model", get_policy("selection", "snapkv")) is None
+
+
+def test_retained_quality_reads_perplexity_as_lower_is_better():
+    int8 = get_policy("quantization", "int8")
+    worse_ppl = measured_entry("m", int8, "perplexity", 16.0, 15.0, "r")
+    worse_accuracy = measured_entry("m", int8, "passkey_accuracy", 0.75, 1.0, "r")
+    assert worse_ppl.retained == pytest.approx(15.0 / 16.0)
+    assert worse_accuracy.retained == pytest.approx(0.75)
+    assert measured_entry("m", int8, "passkey_accuracy", 0.5, 0.0, "r").retained is None

@@ -62,7 +62,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--chunk-tokens",
         type=int,
         default=None,
-        help="decode chunk (default 64; 1 = token by token)",
+        help="decode chunk (default 64, 8 for h2o and tova; 1 = token by token)",
     )
     keys = parser.add_argument_group("passkey retrieval")
     keys.add_argument("--passkey", action="store_true", help="also measure passkey accuracy")
@@ -195,7 +195,6 @@ def run_quality(args: argparse.Namespace) -> int:
             raise KvsimError(f"must be at least 2, got {args.tokens}", field="tokens")
         ids = ids[: args.tokens]
     prompt = rq.DEFAULT_PROMPT_TOKENS if args.prompt_tokens is None else args.prompt_tokens
-    chunk = rq.DEFAULT_CHUNK_TOKENS if args.chunk_tokens is None else args.chunk_tokens
     _say(f"{text_path.name}: {len(ids)} tokens; full-cache reference pass")
     reference = rq.full_reference(model, ids, progress=_bar(len(ids), "full cache"))
     baseline_keys = None
@@ -218,7 +217,7 @@ def run_quality(args: argparse.Namespace) -> int:
             strategy,
             reference,
             prompt_tokens=prompt,
-            chunk_tokens=chunk,
+            chunk_tokens=args.chunk_tokens,
             model_id=model_id,
             progress=_bar(len(ids), strategy.label()),
         )

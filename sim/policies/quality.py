@@ -11,7 +11,6 @@ anything else is "unknown".
 from __future__ import annotations
 
 import functools
-import json
 import os
 import tempfile
 import tomllib
@@ -20,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hardware import toml_write
 from hardware.errors import KvsimError
 from sim.policies.registry import get_policy
 
@@ -28,6 +28,9 @@ ORIGINS = ("published", "measured")
 _REQUIRED = ("model", "kind", "policy", "params", "metric", "value", "baseline", "origin")
 _CITATION = {"published": ("paper", "benchmark", "figure"), "measured": ("run_id",)}
 UNKNOWN = "unknown"
+#: Metrics where lower is better (the harness' perplexity); others (accuracies, benchmark
+#: scores) are higher-is-better.
+LOWER_IS_BETTER = ("perplexity",)
 #: Everything below this line in a table file is rewritten by :func:`write_measured`.
 MEASURED_MARKER = (
     "# ---- measured by `kvsim quality` (sim/real/quality.py); rewritten by each run, "
@@ -48,6 +51,16 @@ class QualityEntry:
     baseline: float
     origin: str
     citation: tuple[tuple[str, str], ...]
+
+    @property
+    def retained(self) -> float | None:
+        """Quality kept against the full cache, 1.0 = no loss: ``value / baseline``, or
+        ``baseline / value`` for a lower-is-better metric; None when that is undefined."""
+        lower = self.metric in LOWER_IS_BETTER
+        numerator, denominator = (
+            (self.baseline, self.value) if lower else (self.value, self.baseline)
+        )
+        return numerator / denominator if denominator else None
 
     def label(self) -> str:
         cite = "; ".join(v for _, v in self.citation)
@@ -165,27 +178,19 @@ def measured_entry(
     )
 
 
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    return json.dumps(str(value), ensure_ascii=False)
-
-
 def _render(entry: QualityEntry) -> str:
-    params = ", ".join(f"{k} = {_toml_value(v)}" for k, v in entry.params if v is not None)
+    params = ", ".join(f"{k} = {toml_write.value(v)}" for k, v in entry.params if v is not None)
     lines = [
         "[[entry]]",
-        f"model = {_toml_value(entry.model)}",
-        f"kind = {_toml_value(entry.kind)}",
-        f"policy = {_toml_value(entry.policy)}",
+        f"model = {toml_write.value(entry.model)}",
+        f"kind = {toml_write.value(entry.kind)}",
+        f"policy = {toml_write.value(entry.policy)}",
         f"params = {{ {params} }}" if params else "params = {}",
-        f"metric = {_toml_value(entry.metric)}",
-        f"value = {_toml_value(entry.value)}",
-        f"baseline = {_toml_value(entry.baseline)}",
-        f"origin = {_toml_value(entry.origin)}",
-        *(f"{k} = {_toml_value(v)}" for k, v in entry.citation),
+        f"metric = {toml_write.value(entry.metric)}",
+        f"value = {toml_write.value(entry.value)}",
+        f"baseline = {toml_write.value(entry.baseline)}",
+        f"origin = {toml_write.value(entry.origin)}",
+        *(f"{k} = {toml_write.value(v)}" for k, v in entry.citation),
     ]
     return "\n".join(lines) + "\n"
 

@@ -25,8 +25,9 @@ tokens are written first, attended together with the kept KV, then the policy ru
   policy's own ``keep_mask``); decoded tokens are appended. Ada-KV with ``physical=False``
   masks instead of evicting (kvpress), so it stores everything.
 * Quest (Tang et al., ICML 2024): keeps everything; each decode query of a sparse layer reads
-  only its top pages (:func:`~sim.policies.tensor.selection.quest_query_mask`; page summaries
-  are computed at read time, not held). Its own key is always readable.
+  only its top pages (:func:`~sim.policies.tensor.selection.quest_query_mask`, with page
+  summaries over the keys that query can read, so a decode chunk selects as token-by-token
+  decoding does; summaries are computed at read time, not held).
 * DuoAttention (Xiao et al., ICLR 2025): when the prompt completes, KV heads are classified by
   kvpress' on-the-fly score (``duo_attention_on_the_fly``: attention of the last of 500
   RoPE-rotated copies of the mean query over copies of the mean key; the area under its
@@ -860,12 +861,18 @@ class PolicyKvBackend:
                 streaming = state.streaming_heads[layer].view(-1, 1, 1)
                 allowed &= window | ~decoding | ~streaming
             elif isinstance(sel, Quest) and layer >= sel.dense_layers:
-                budget = int(sel.budget(np.array([w.start_position + len(w.token_ids)]))[0])
-                pages = ts.quest_query_mask(
-                    view.keys, q[b].transpose(0, 1), budget, sel.page_tokens, allowed
-                )
-                own = view.positions.unsqueeze(1) == query_pos.view(1, -1, 1)
-                allowed &= pages | own | ~decoding
+                rows = decoding.view(-1).nonzero().view(-1)
+                if rows.numel():
+                    budget = int(sel.budget(np.array([w.start_position + len(w.token_ids)]))[0])
+                    readable = view.positions[0].view(1, -1) <= query_pos[rows].view(-1, 1)
+                    pages = ts.quest_query_mask(
+                        view.keys,
+                        q[b, rows].transpose(0, 1),
+                        budget,
+                        sel.page_tokens,
+                        readable.sum(-1),
+                    )
+                    allowed[:, rows] &= pages
             mask[b, :, :, :n] = allowed
         return mask
 

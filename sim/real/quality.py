@@ -8,11 +8,12 @@ next tokens, not the model's). Each position's logits give ``−log p(x_{t+1} | 
 policy. With ``chunk_tokens = 1`` this is exactly token-by-token decoding with the policy
 applied after every token. A longer chunk lets its tokens attend to each other before the
 policy runs again, so it is exact for what acts by position (StreamingLLM and DuoAttention
-windows are applied per query) or only at prompt completion (SnapKV, PyramidKV, Ada-KV,
-K-norm) or per token (fp8/int8/int4/int2), and approximate for what acts every step from
-attention (H2O, TOVA), for KIVI's residual (quantized at chunk ends, not token ends) and for
-Quest's page summaries (they include the chunk's later keys). ``kvsim quality`` reports the
-difference it measured against ``chunk_tokens = 1`` (``docs/real_mode.md``).
+windows are applied per query), per query (Quest, page summaries over each query's own
+context), only at prompt completion (SnapKV, PyramidKV, Ada-KV, K-norm) or per token
+(fp8/int8/int4/int2, Palu; up to floating-point rounding), and approximate for what acts
+every step from attention (H2O, TOVA: default chunk 8), for KIVI's residual (quantized at
+chunk ends, not token ends) and for merging (MiniCache, similarity merge act per step).
+``docs/real_mode.md`` gives the measured differences against ``chunk_tokens = 1``.
 
 The baseline is one full-cache pass of :class:`~sim.real.model.LlamaModel` over its paged cache
 (the fused attention path), so the comparison is between two independent code paths:
@@ -46,14 +47,20 @@ import torch
 from hardware.errors import KvsimError
 from sim.policies.compose import KvStrategy
 from sim.policies.quality import QualityEntry, measured_entry
+from sim.policies.selection import H2O, TOVA
 from sim.real.backend import SeqWork
 from sim.real.model import LlamaModel, StepBatch
 from sim.real.policy_cache import PolicyKvBackend
 from sim.real.tokenizer import TextTokenizer
 
-#: Serving-order defaults: a 1,024-token prompt prefilled at once, then 64-token chunks.
+#: Serving-order defaults: a 1,024-token prompt prefilled at once, then 64-token chunks, or
+#: 8-token chunks for selections that evict by attention every step (H2O, TOVA): chunks let
+#: tokens attend to each other before eviction, which at 64 underestimated their perplexity by
+#: about 6 % on a 1,024-token span; at 8 by under 0.5 % (docs/real_mode.md), and their small
+#: caches keep fine steps cheap.
 DEFAULT_PROMPT_TOKENS = 1024
 DEFAULT_CHUNK_TOKENS = 64
+ATTENTION_EVICTION_CHUNK_TOKENS = 8
 #: Chunk of the full-cache reference pass (exact for any chunk size).
 REFERENCE_CHUNK_TOKENS = 1024
 PASSKEY_INTRO = (
@@ -159,6 +166,13 @@ class PasskeyResult:
         }
 
 
+def default_chunk_tokens(strategy: KvStrategy) -> int:
+    """The decode chunk :func:`evaluate` uses when none is given (see the constants)."""
+    if isinstance(strategy.selection, H2O | TOVA):
+        return ATTENTION_EVICTION_CHUNK_TOKENS
+    return DEFAULT_CHUNK_TOKENS
+
+
 def _check_counts(tokens: int, prompt_tokens: int, chunk_tokens: int) -> None:
     if tokens < 2:
         raise KvsimError(f"need at least 2 tokens to score one, got {tokens}", field="tokens")
@@ -206,13 +220,16 @@ def evaluate(
     reference: Reference,
     *,
     prompt_tokens: int = DEFAULT_PROMPT_TOKENS,
-    chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
+    chunk_tokens: int | None = None,
     model_id: str = "real",
     progress: Progress | None = None,
 ) -> PerplexityResult:
     """Feed the reference's text through a :class:`PolicyKvBackend` in serving order and
-    compare each next-token distribution with the full cache's."""
+    compare each next-token distribution with the full cache's (``chunk_tokens`` ``None``:
+    :func:`default_chunk_tokens`)."""
     ids = list(reference.token_ids)
+    if chunk_tokens is None:
+        chunk_tokens = default_chunk_tokens(strategy)
     _check_counts(len(ids), prompt_tokens, chunk_tokens)
     prompt = min(prompt_tokens, len(ids))
     backend = PolicyKvBackend(model, strategy, model_id)

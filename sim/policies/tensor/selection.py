@@ -181,27 +181,39 @@ def quest_query_mask(
     queries: torch.Tensor,
     budget: int,
     page: int,
-    visible: torch.Tensor | None = None,
+    lengths: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """:func:`quest_mask` for ``T_q`` queries ``(H_q, T_q, d)`` at once: ``(H_kv, T_q, T)``.
     Since ``max ≥ min`` per channel, ``max(q·min, q·max) = relu(q)·max + min(q, 0)·min``, so
-    the bounds of every query and page are two matrix products. ``visible`` (broadcastable
-    to ``(H_kv, T_q, T)``) marks the keys each query may read (causality); a page with none
-    is not a candidate, so queries of a chunk never spend budget on pages wholly after them."""
+    bounds are matrix products. ``lengths`` ``(T_q,)``: query ``t`` reads only the first
+    ``lengths[t]`` keys (its causal context, as in a decode chunk); its page summaries then
+    cover only those keys (running min/max within each page) and pages past them are no
+    candidates, so row ``t`` equals ``quest_mask(keys[:, :lengths[t]], ...)``."""
     heads, length, dim = keys.shape
     pages = -(-length // page)
     padded = pages * page - length
     k = keys.float()
-    low = F.pad(k, (0, 0, 0, padded), value=math.inf).reshape(heads, pages, page, dim).amin(2)
-    high = F.pad(k, (0, 0, 0, padded), value=-math.inf).reshape(heads, pages, page, dim).amax(2)
-    q = queries.float().reshape(heads, -1, queries.shape[1], dim)
-    positive = q.clamp_min(0)
-    bound = positive @ high.unsqueeze(1).transpose(-1, -2) + (q - positive) @ low.unsqueeze(
-        1
-    ).transpose(-1, -2)
-    bound = bound.sum(1)
-    if visible is not None:
-        seen = F.pad(visible.expand(heads, queries.shape[1], length), (0, padded))
-        bound = bound.masked_fill(~seen.reshape(heads, -1, pages, page).any(-1), -math.inf)
+    low = F.pad(k, (0, 0, 0, padded), value=math.inf).reshape(heads, pages, page, dim)
+    high = F.pad(k, (0, 0, 0, padded), value=-math.inf).reshape(heads, pages, page, dim)
+    q = queries.float().reshape(heads, -1, queries.shape[1], dim).transpose(1, 2)
+    positive = q.clamp_min(0)  # (H_kv, T_q, group, d)
+
+    def bounds(low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
+        """``(H_kv, T_q or 1, P', d)`` page summaries → ``(H_kv, T_q, P')`` bounds."""
+        both = positive @ high.transpose(-1, -2) + (q - positive) @ low.transpose(-1, -2)
+        return both.sum(2)
+
+    whole = pages if lengths is None else int(lengths.min()) // page  # read whole by all
+    bound = bounds(low[:, :whole].amin(2).unsqueeze(1), high[:, :whole].amax(2).unsqueeze(1))
+    if lengths is not None and whole < pages:
+        first = whole * page
+        seen = lengths.view(-1, 1) - first - torch.arange(pages - whole).view(1, -1) * page
+        seen = seen.clamp(0, page)  # readable keys of each remaining page, (T_q, P - whole)
+        last = (seen - 1).clamp_min(0)
+        column = torch.arange(pages - whole).view(1, -1)
+        part_low = low[:, whole:].cummin(2).values[:, column, last]  # (H_kv, T_q, P - whole, d)
+        part_high = high[:, whole:].cummax(2).values[:, column, last]
+        tail = bounds(part_low, part_high).masked_fill(seen.unsqueeze(0) == 0, -math.inf)
+        bound = torch.cat((bound.expand(-1, tail.shape[1], -1), tail), dim=-1)
     chosen = _topk_mask(bound, min(pages, -(-budget // page)))
     return chosen.repeat_interleave(page, dim=-1)[..., :length]
